@@ -1,0 +1,257 @@
+"""The `job` command: parsing, printing, and the one error boundary.
+
+Known errors (JobError) print one line and exit with their code (1 runtime failure, 2 bad input, 130 interrupted);
+argparse's usage errors exit 2; anything else is a bug and keeps its traceback. Heavy imports (torch, Ray) happen
+inside the subcommands, so `job --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from job import __version__
+from job.errors import BadInput, Interrupted, JobError
+
+# Flags that set a config key (dest = key). Every other key is reachable with --set key=value or a config file.
+TRAIN_FLAGS = {
+    "data": "image folder, or the built-in 'fashion-mnist' (default)",
+    "model": "efficientnet_lite0 (default) or a torchvision model name",
+    "weights": "DEFAULT, a weights name, none, or a .pth path",
+    "epochs": "epochs to train",
+    "batch_size": "images per batch",
+    "lr": "learning rate",
+    "step_size": "epochs between LR decays",
+    "gamma": "LR decay factor",
+    "image_size": "input size in pixels",
+    "seed": "random seed",
+    "device": "auto, cpu, cuda or cuda:N",
+}
+BOOL_FLAGS = {"freeze_backbone": "train only the new head", "skip_bad_images": "skip unreadable images instead of failing"}
+RESUME_MAY_CHANGE = {"epochs", "device", "workers"}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    for key, help in TRAIN_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS, metavar="X", help=help)
+    for key, help in BOOL_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, action="store_true", default=argparse.SUPPRESS, help=help)
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML or YAML file of settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting (see `job config`)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quiet", action="store_true", help="no progress, only the result")
+    mode.add_argument("--json", action="store_true", help="the result as JSON on stdout, no progress")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="job", description="Fine-tune a pretrained image classifier on a folder of images.")
+    parser.add_argument("--version", action="version", version=f"job {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="one local training run; writes a bundle, history and plots")
+    _add_config_flags(p)
+    p.add_argument("--output", type=Path, metavar="DIR", help="run folder (default: runs/train-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
+    p.add_argument("--resume", type=Path, metavar="CKPT", help="continue the run in this folder (or checkpoint.pt)")
+    _add_output_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, per-class table and confusion matrix of a bundle on a labelled folder")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="run folder or bundle folder")
+    p.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*), or fashion-mnist")
+    p.add_argument("--output", type=Path, metavar="DIR", help="where to write evaluation.json and confusion.png (default: runs/evaluate-<time>)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
+    _add_output_flags(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels with probabilities for image files or folders")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="run folder or bundle folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=3, metavar="K")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("config", help="list every setting with its default and meaning")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("models", help="list the model names --model takes")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, base: dict | None = None):
+    from job import config
+
+    flags = {k: getattr(args, k) for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k)}
+    return config.resolve(args.config, overrides=config.parse_sets(args.set) | flags, base=base)
+
+
+def _print_config(cfg) -> None:
+    for key, value in cfg.to_dict().items():
+        print(f"{key} = {json.dumps(value)}")
+
+
+def _default_output(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
+    top5 = f"  val_top5 {m['val_top5']:.4f}" if "val_top5" in m else ""
+    return (f"epoch {epoch}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
+            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}{top5}  val_f1_macro {m['val_f1_macro']:.4f}  "
+            f"lr {m['lr']:.3g}  {m['epoch_s']:.1f}s  {m['images_per_s']:.0f} img/s")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from job import checkpoint, report, run
+
+    if args.resume:
+        if args.config or args.set or args.print_config:
+            raise BadInput("--resume takes its settings from the checkpoint: drop --config/--set, or start a new run")
+        changed = sorted(k for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k) and k not in RESUME_MAY_CHANGE)
+        if changed:
+            raise BadInput(f"--resume cannot change {', '.join(changed)}: only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
+        state = checkpoint.load(args.resume)
+        output = args.resume if args.resume.is_dir() else args.resume.parent
+        if args.output and args.output.resolve() != output.resolve():
+            raise BadInput(f"--resume continues in '{output}': drop --output {args.output}")
+        cfg = resolve_config(args, base=state["config"])
+    else:
+        state = None
+        cfg = resolve_config(args)
+        output = args.output or _default_output("train")
+    if args.print_config:
+        _print_config(cfg)
+        return 0
+    progress = not (args.quiet or args.json)
+    bar = report.TqdmBar if progress and sys.stderr.isatty() else None
+
+    def on_epoch(e) -> None:
+        if progress:
+            print(_epoch_line(e.epoch, cfg.epochs, e.metrics), file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    try:
+        result = run.train(cfg, output, resume=state, overwrite=args.overwrite, bar=bar, on_epoch=on_epoch)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: the last finished epoch is saved in {output}; continue with: job train --resume {output}") from None
+    elapsed = time.perf_counter() - started
+    summary = {"output": str(result.output), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
+               "best": result.best, "epochs": len(result.history), "resumed_from_epoch": result.resumed_from,
+               "skipped_images": result.skipped, "seconds": round(elapsed, 1)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    b = result.best
+    print(f"job train: done in {elapsed:.1f}s, {len(result.history)} epochs ({cfg.model} on {cfg.data})"
+          + (f", {result.skipped} unreadable images skipped" if result.skipped else ""))
+    print(f"best epoch {result.best_epoch}: val_acc {b['val_acc']:.4f}  val_f1_macro {b['val_f1_macro']:.4f}  val_loss {b['val_loss']:.4f}")
+    if not args.quiet:
+        cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_macro", "lr", "epoch_s"]
+        print(report.table([[h[c] for c in cols] for h in result.history], cols))
+        print(f"bundle:  {result.bundle}\nhistory: {output / 'history.csv'}, {output / 'history.json'}\nplot:    {output / 'curves.png'}")
+        print(f"next:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
+    return 0
+
+
+def _load_bundle(path: Path, device: str):
+    from job import bundle
+    from job.loop import resolve_device
+
+    return bundle.load(path, resolve_device(device))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from job import inference, report, run
+
+    if args.batch_size < 1:
+        raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
+    b = _load_bundle(args.bundle, args.device)
+    ev = inference.evaluate(b, args.data, run.cache_dir(), args.batch_size, args.skip_bad_images)
+    output = args.output or _default_output("evaluate")
+    output.mkdir(parents=True, exist_ok=True)
+    result = {"bundle": str(args.bundle), "data": args.data, "images": ev.images, "skipped_images": ev.skipped,
+              **ev.metrics, "per_class": ev.per_class, "classes": list(ev.classes), "confusion": ev.confusion}
+    (output / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    report.plot_confusion(output / "confusion.png", ev.confusion, ev.classes)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    m = ev.metrics
+    top5 = f"  top-5 {m['val_top5']:.4f}" if "val_top5" in m else ""
+    print(f"{ev.images} images, {len(ev.classes)} classes: top-1 {m['val_acc']:.4f}{top5}  macro F1 {m['val_f1_macro']:.4f}  loss {m['val_loss']:.4f}")
+    if not args.quiet:
+        print(report.table([[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev.per_class],
+                           ["class", "precision", "recall", "f1", "support"]))
+        short = [c[:8] for c in ev.classes]
+        print("\nconfusion (rows: true, columns: predicted)")
+        print(report.table([[c, *row] for c, row in zip(short, ev.confusion)], ["", *short]))
+        print(f"\nwritten: {output / 'evaluation.json'}, {output / 'confusion.png'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from job import inference, report
+
+    if args.top_k < 1:
+        raise BadInput(f"--top-k {args.top_k} must be >= 1")
+    b = _load_bundle(args.bundle, args.device)
+    rows = inference.predict(b, args.paths, args.top_k, skip_bad=args.skip_bad_images)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [[r["file"], *(f"{p['label']} {p['probability']:.3f}" for p in r["predictions"])] for r in rows]
+    k = len(rows[0]["predictions"]) if rows else 0
+    print(report.table(table, ["file", *(f"top-{i + 1}" for i in range(k))]))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from job import config, report
+
+    print(report.table(config.describe(), ["key", "default", "meaning"]))
+    print(f"\nSet them in a TOML/YAML file (--config), as {config.ENV_PREFIX}<KEY> environment variables, or with --set KEY=VALUE.")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from job.model import model_names
+
+    print("\n".join(model_names()))
+    return 0
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # Kubernetes and docker stop send SIGTERM: stop as cleanly as on Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return args.func(args)
+    except JobError as e:
+        print(f"job: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("job: interrupted", file=sys.stderr)
+        return Interrupted.exit_code
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

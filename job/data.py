@@ -1,0 +1,286 @@
+"""Data sets, preprocessing and batches.
+
+An image folder is scanned and split once, then every image is decoded once, resized to a fixed square
+(`resize_size`, the deterministic part of the transform) and cached on disk as one uint8 array per split. Each
+epoch then only gathers rows from that (memory-mapped) array and applies the cheap random part, a crop to
+`image_size` and a flip, so the input pipeline stays far ahead of the model even on two CPU cores. Normalisation
+happens on the training device.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from job.errors import BadInput
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+CACHE_VERSION = 1  # bump when the decoded pixels would differ for the same files
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """What turns a file into model input; saved in every checkpoint and bundle."""
+
+    image_size: int  # the square the model sees
+    resize_size: int  # the square cached on disk; training crops image_size out of it at random, eval at the centre
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(d["image_size"], d["resize_size"], tuple(d["mean"]), tuple(d["std"]), d["interpolation"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The files of one split, in a fixed order, with their class indices."""
+
+    files: tuple[Path, ...]
+    labels: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Folder:
+    root: Path
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def scan_classes(root: Path) -> dict[str, list[Path]]:
+    classes = {d.name: _images(d) for d in _class_dirs(root)}
+    if not classes:
+        raise BadInput(f"no class folders in '{root}': put images in {root}/<class>/ (or {root}/train/<class>/ and {root}/val/<class>/)")
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise BadInput(
+            f"class folder '{root / empty[0]}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))}): add images or remove the folder"
+        )
+    if len(classes) < 2:
+        raise BadInput(f"only one class ('{next(iter(classes))}') in '{root}': a classifier needs at least 2 class folders")
+    return classes
+
+
+def scan(root: Path, val_fraction: float, seed: int) -> Folder:
+    """Find classes and files. DIR/train + DIR/val are used as given; DIR/<class> is split, stratified and seeded."""
+    if not root.exists():
+        raise BadInput(f"data folder '{root}' does not exist: pass --data DIR (DIR/<class>/*.jpg) or --data fashion-mnist")
+    if not root.is_dir():
+        raise BadInput(f"--data '{root}' is a file: pass the folder that holds one sub-folder per class")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, val = scan_classes(root / "train"), scan_classes(root / "val")
+        if set(train) != set(val):
+            only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+            raise BadInput(
+                f"train and val classes differ in '{root}' (only in train: {only_train or 'none'}; only in val: "
+                f"{only_val or 'none'}): give both splits the same class folders"
+            )
+        classes = tuple(sorted(train))
+        return Folder(root, classes, _split(train, classes), _split(val, classes))
+    per_class = scan_classes(root)
+    classes = tuple(sorted(per_class))
+    rng = np.random.default_rng(seed)
+    train_part, val_part = {}, {}
+    for name in classes:
+        files = per_class[name]
+        if len(files) < 2:
+            raise BadInput(f"class '{name}' in '{root}' has {len(files)} image: at least 2 are needed to split train/val")
+        order = rng.permutation(len(files))
+        n_val = min(len(files) - 1, max(1, round(len(files) * val_fraction)))
+        val_part[name] = [files[i] for i in sorted(order[:n_val])]
+        train_part[name] = [files[i] for i in sorted(order[n_val:])]
+    return Folder(root, classes, _split(train_part, classes), _split(val_part, classes))
+
+
+def _split(per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> Split:
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        files += per_class[name]
+        labels += [index] * len(per_class[name])
+    return Split(tuple(files), tuple(labels))
+
+
+def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
+    """Decode, convert to RGB (alpha over white), resize the short side to `size`, centre-crop: (size, size, 3) uint8."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()  # decode fully now: a truncated file fails here, not mid-training
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            img = img.convert("RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((new_w, new_h), INTERPOLATIONS[interpolation])
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """One split, decoded: images (N, S, S, 3) uint8, labels (N,), and the files that could not be read."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ok: np.ndarray  # (N,) bool: False where the file could not be decoded
+    bad: tuple[str, ...]
+    fingerprint: str  # SHA-256 over the bytes and labels of the good files
+
+
+def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers: int) -> Prepared:
+    """Decode a split once into the on-disk cache (keyed by names, sizes, mtimes and preprocessing) and map it."""
+    stats = [(str(f.relative_to(root)), *_stat(f)) for f in split.files]
+    key_src = json.dumps([CACHE_VERSION, prep.resize_size, prep.interpolation, str(root.resolve()), stats, split.labels])
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    folder = cache / "prepared"
+    array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    if not meta_path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        _decode_all(split, prep, array_path, meta_path, workers or os.cpu_count() or 1)
+    meta = json.loads(meta_path.read_text())
+    images = np.load(array_path, mmap_mode="r")
+    ok = np.array(meta["ok"], dtype=bool)
+    bad = tuple(str(split.files[i]) for i in np.flatnonzero(~ok))
+    return Prepared(images, np.array(split.labels, dtype=np.int64), ok, bad, meta["fingerprint"])
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    s = path.stat()
+    return s.st_size, s.st_mtime_ns
+
+
+def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: Path, workers: int) -> None:
+    n, size = len(split.files), prep.resize_size
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=array_path.parent)
+    os.close(fd)
+    out = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    ok = np.zeros(n, dtype=bool)
+    digests = [""] * n
+
+    def one(i: int) -> None:
+        data = split.files[i].read_bytes()
+        digests[i] = hashlib.sha256(data).hexdigest()
+        try:
+            out[i] = load_image(data, size, prep.interpolation)
+            ok[i] = True
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):  # PIL's ways of saying "bad file"
+            pass
+
+    try:
+        # PIL releases the GIL while decoding and resizing, so threads scale without pickling images around.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, range(n)))
+        out.flush()
+        del out
+        fingerprint = hashlib.sha256(
+            json.dumps([[d, label] for d, label, good in zip(digests, split.labels, ok) if good]).encode()
+        ).hexdigest()
+        os.replace(tmp_name, array_path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    tmp_meta = meta_path.with_suffix(".json.tmp")
+    tmp_meta.write_text(json.dumps({"ok": ok.tolist(), "fingerprint": fingerprint}))
+    os.replace(tmp_meta, meta_path)  # written last: the array is complete once this exists
+
+
+def check_bad(prepared: list[Prepared], skip: bool) -> int:
+    """Fail listing unreadable files, or (with --skip-bad-images) return how many will be skipped."""
+    bad = [f for p in prepared for f in p.bad]
+    if bad and not skip:
+        listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise BadInput(f"{len(bad)} unreadable image(s): {listed}: fix or remove them, or pass --skip-bad-images")
+    return len(bad)
+
+
+class Batches:
+    """Batches of (uint8 NCHW images in channels_last memory, int64 labels) from a prepared split.
+
+    Shuffling and augmentation draw from a generator seeded by (seed, epoch), so an epoch is the same batches
+    whether the run was resumed or not. The next batch is gathered in a background thread while the model works.
+    """
+
+    def __init__(self, data: Prepared, prep: Preprocessing, batch_size: int, train: bool, augment: bool, seed: int,
+                 pin_memory: bool = False):
+        self.data, self.prep, self.batch_size = data, prep, batch_size
+        self.train, self.augment, self.seed, self.pin_memory = train, augment, seed, pin_memory
+        self.index = np.flatnonzero(data.ok)  # unreadable files are skipped (check_bad ran first)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.index) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.index) if self.train else self.index
+        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._gather, chunks[0], rng) if chunks else None
+            for k in range(len(chunks)):
+                batch = pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(self._gather, chunks[k + 1], rng)
+                yield batch
+
+    def _gather(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.sort(idx)  # sorted reads are sequential on a memory map; the batch's order does not matter
+        rows, labels = self.data.images[idx], self.data.labels[idx]
+        s, r = self.prep.image_size, self.prep.resize_size
+        if self.train and self.augment:
+            tops, lefts = rng.integers(0, r - s + 1, size=(2, len(idx)))
+            flips = rng.random(len(idx)) < 0.5
+            out = np.empty((len(idx), s, s, 3), dtype=np.uint8)
+            for j in range(len(idx)):
+                crop = rows[j, tops[j] : tops[j] + s, lefts[j] : lefts[j] + s]
+                out[j] = crop[:, ::-1] if flips[j] else crop
+        else:
+            off = (r - s) // 2
+            out = np.ascontiguousarray(rows[:, off : off + s, off : off + s])
+        x = torch.from_numpy(out).permute(0, 3, 1, 2)  # NHWC storage = NCHW in channels_last memory format
+        y = torch.from_numpy(labels)
+        if self.pin_memory:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+
+def normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 NCHW on the device -> float, normalised with the weights' mean and std."""
+    mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1) * 255
+    return (x.float() - mean) / std

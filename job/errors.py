@@ -1,0 +1,25 @@
+"""The one domain exception family. The CLI turns these into one line and an exit code."""
+
+# Exit codes are part of the interface (documented in README, used by the Kubernetes podFailurePolicy).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a runtime failure: a retry may succeed (storage hiccup, diverged training, ...)
+EXIT_BAD_INPUT = 2  # usage or bad input: retrying the same command cannot succeed
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
+
+
+class JobError(Exception):
+    """A known failure. The message is one line that names the value and the fix."""
+
+    exit_code = EXIT_FAILURE
+
+
+class BadInput(JobError):
+    """The user's input (flags, config, data, weights) cannot work as given."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class Interrupted(JobError):
+    """Ctrl-C or SIGTERM: stopped on purpose; what was saved so far is intact."""
+
+    exit_code = EXIT_INTERRUPTED

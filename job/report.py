@@ -1,0 +1,125 @@
+"""What a person looks at: progress bars, tables, the metric history (JSON, CSV) and plots (PNG)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from job.metrics import EPOCH_METRICS, Tally
+
+
+def write_history(output: Path, history: list[dict[str, float]]) -> None:
+    _atomic_write(output / "history.json", json.dumps(history, indent=2) + "\n")
+    columns = ["epoch", *[m for m in EPOCH_METRICS if any(m in h for h in history)]]
+    tmp = output / ".history.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, output / "history.csv")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(path: Path, history: list[dict[str, float]], best_epoch: int) -> None:
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        ax_loss.plot(epochs, [h[key] for h in history], style, marker="o", label=key)
+    for key, style in (("train_acc", "-"), ("val_acc", "--"), ("val_f1_macro", ":")):
+        ax_acc.plot(epochs, [h[key] for h in history], style, marker="o", label=key)
+    ax_acc.axvline(best_epoch, color="grey", linewidth=0.8, label=f"best epoch ({best_epoch})")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(path: Path, confusion, classes: Sequence[str]) -> None:
+    plt = _pyplot()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(4, 0.6 * n + 1.5)))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max((max(row) for row in confusion), default=0)
+    for i in range(n):
+        for j in range(n):
+            v = int(confusion[i][j])
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
+    """A plain text table: numbers right-aligned, floats with 4 decimals."""
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
+    right = [all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
+
+    return "\n".join([line([str(h) for h in headers]), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+class TqdmBar:
+    """A per-phase progress bar with running loss and accuracy, refreshed at most twice a second.
+
+    The running numbers need a host sync, so they are read on a timer rather than every batch.
+    """
+
+    def __init__(self, desc: str, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False,
+                        file=sys.stderr, dynamic_ncols=True)
+        self.last = 0.0
+
+    def update(self, tally: Tally) -> None:
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self.last > 0.5 or self.bar.n == self.bar.total:
+            loss, acc = tally.running()
+            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
+            self.last = now
+
+    def close(self) -> None:
+        self.bar.close()

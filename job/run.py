@@ -1,0 +1,137 @@
+"""One training run, from a resolved config to a run folder: data, model, loop, checkpoints, bundle, reports.
+
+`setup` (config -> ready-to-iterate `Fit`) is shared with the Ray Tune trainable, so both run the same loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from job import builtin, bundle, checkpoint, data, model, report
+from job.config import TrainConfig
+from job.errors import BadInput
+from job.loop import BarFactory, Epoch, Fit, resolve_device
+
+RUN_FILE = "run.json"
+
+
+def cache_dir() -> Path:
+    """Decoded data sets and materialised built-ins: $JOB_CACHE, else $XDG_CACHE_HOME/job, else ~/.cache/job."""
+    if os.environ.get("JOB_CACHE"):
+        return Path(os.environ["JOB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "job"
+
+
+def preprocessing(cfg: TrainConfig) -> data.Preprocessing:
+    """The weights' preprocessing, with the config's overrides on top."""
+    w = model.preprocessing_for(cfg.model, cfg.weights)
+    size = cfg.image_size or builtin.NATIVE_IMAGE_SIZE.get(cfg.data) or w.image_size
+    return data.Preprocessing(
+        image_size=size,
+        resize_size=max(size, round(size / w.crop_ratio)),
+        mean=cfg.mean or w.mean,
+        std=cfg.std or w.std,
+        interpolation=cfg.interpolation or w.interpolation,
+    )
+
+
+@dataclasses.dataclass
+class Setup:
+    fit: Fit
+    folder: data.Folder
+    prep: data.Preprocessing
+    fingerprint: str
+    skipped: int
+
+
+def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None) -> Setup:
+    """Everything a run needs before its first epoch; all bad input is found here, before any training."""
+    model.check_name(cfg.model)
+    device = resolve_device(cfg.device)
+    root = (
+        builtin.materialise(cfg.data, cache, cfg.builtin_train_per_class, cfg.builtin_val_per_class)
+        if cfg.data in builtin.NAMES
+        else Path(cfg.data).expanduser()
+    )
+    folder = data.scan(root, cfg.val_fraction, cfg.seed)
+    prep = preprocessing(cfg)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cache folder '{cache}' is not writable ({e.strerror}): set JOB_CACHE to a writable folder") from None
+    train, val = (data.prepare(s, folder.root, prep, cache, cfg.workers) for s in (folder.train, folder.val))
+    skipped = data.check_bad([train, val], cfg.skip_bad_images)
+    for name, split in (("train", train), ("val", val)):
+        present = set(split.labels[split.ok].tolist())
+        if len(present) < len(folder.classes):
+            lost = sorted(set(folder.classes) - {folder.classes[i] for i in present})
+            raise BadInput(f"after skipping unreadable images, {name} has no image of class {', '.join(lost)}: add readable images")
+    torch.manual_seed(cfg.seed)  # the new head's initialisation
+    net = model.create(cfg.model, cfg.weights, len(folder.classes), cfg.freeze_backbone)
+    pin = device.type == "cuda"
+    batches = [data.Batches(p, prep, cfg.batch_size, train=t, augment=cfg.augment, seed=cfg.seed, pin_memory=pin)
+               for p, t in ((train, True), (val, False))]
+    fingerprint = json.dumps({"train": train.fingerprint, "val": val.fingerprint})
+    fit = Fit(cfg, net, batches[0], batches[1], prep, len(folder.classes), device, bar)
+    return Setup(fit, folder, prep, fingerprint, skipped)
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise BadInput(f"--output '{output}' is a file: pass a folder")
+    taken = output.is_dir() and any((output / n).exists() for n in (RUN_FILE, checkpoint.CHECKPOINT_NAME, bundle.BEST_DIR))
+    if taken and not overwrite:
+        raise BadInput(
+            f"output folder '{output}' already holds a run: pass --overwrite to replace it, "
+            f"--resume {output} to continue it, or choose another --output"
+        )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create output folder '{output}' ({e.strerror}): choose a writable --output") from None
+
+
+@dataclasses.dataclass
+class Result:
+    output: Path
+    bundle: Path
+    best_epoch: int
+    best: dict[str, float]
+    history: list[dict[str, float]]
+    skipped: int
+    resumed_from: int
+
+
+def train(cfg: TrainConfig, output: Path, *, resume: dict | None = None, overwrite: bool = False,
+          bar: BarFactory | None = None, on_epoch: Callable[[Epoch], None] | None = None) -> Result:
+    """Run (or continue, given a loaded checkpoint) a training run into `output`."""
+    if resume is None:
+        check_output(output, overwrite)
+    s = setup(cfg, cache_dir(), bar)
+    meta = {"config": cfg.to_dict(), "classes": list(s.folder.classes), "preprocessing": s.prep.to_dict(),
+            "data_fingerprint": s.fingerprint}
+    if resume is not None:
+        if resume["data_fingerprint"] != s.fingerprint or resume["classes"] != list(s.folder.classes):
+            raise BadInput(f"the data in '{cfg.data}' changed since the checkpoint was written: resume with the same data, or start a new run")
+        s.fit.restore(resume)
+    (output / RUN_FILE).write_text(json.dumps({"status": "running", **meta, "versions": bundle.versions()}, indent=2))
+    start_epoch = s.fit.epoch
+    for epoch in s.fit:
+        checkpoint.save(epoch.checkpoint() | meta, output / checkpoint.CHECKPOINT_NAME)
+        report.write_history(output, s.fit.history)
+        if on_epoch:
+            on_epoch(epoch)
+    best = next(h for h in s.fit.history if h["epoch"] == s.fit.best_epoch)
+    folder = bundle.write(output / bundle.BEST_DIR, s.fit.best_model, model_name=cfg.model, classes=s.folder.classes,
+                          prep=s.prep, config=cfg.to_dict(), metrics=best, best_epoch=s.fit.best_epoch,
+                          data_fingerprint=s.fingerprint)
+    report.plot_history(output / "curves.png", s.fit.history, s.fit.best_epoch)
+    (output / RUN_FILE).write_text(json.dumps({"status": "done", **meta, "best_epoch": s.fit.best_epoch, "best": best,
+                                               "versions": bundle.versions()}, indent=2))
+    return Result(output, folder, s.fit.best_epoch, best, s.fit.history, s.skipped, start_epoch)

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from job import data
+from job.errors import BadInput
+from tests.conftest import make_folder, pattern
+
+PREP = data.Preprocessing(image_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear")
+
+
+def test_any_mode_and_suffix_is_read_and_junk_is_ignored(tmp_path, cache):
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        d = tmp_path / c
+        d.mkdir()
+        rgb = Image.fromarray(pattern(0, rng, size=50)).resize((70, 40))  # not square
+        rgb.save(d / "a.JPG")
+        rgb.convert("L").save(d / "b.jpeg")
+        rgb.convert("RGBA").save(d / "c.png")
+        rgb.convert("P").save(d / "d.bmp")
+        rgb.save(d / "e.webp")
+        rgb.convert("LA").save(d / "f.png")
+        (d / "notes.txt").write_text("not an image")
+        rgb.save(d / ".hidden.png")
+        (d / ".thumbs").mkdir()
+        rgb.save(d / ".thumbs" / "t.png")
+    (tmp_path / ".git").mkdir()
+    folder = data.scan(tmp_path, val_fraction=0.34, seed=0)
+    assert folder.classes == ("cat", "dog")
+    names = sorted(p.name for p in folder.train.files + folder.val.files)
+    assert names == sorted(["a.JPG", "b.jpeg", "c.png", "d.bmp", "e.webp", "f.png"] * 2)
+    prepared = data.prepare(folder.train, folder.root, PREP, cache, workers=2)
+    assert prepared.images.shape == (len(folder.train.files), 36, 36, 3) and prepared.ok.all()
+    x, y = next(iter(data.Batches(prepared, PREP, 4, train=True, augment=True, seed=0)))
+    assert x.shape == (4, 3, 32, 32) and x.dtype.is_floating_point is False
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_split_is_stratified_seeded_and_disjoint(images):
+    a = data.scan(images, val_fraction=0.25, seed=1)
+    b = data.scan(images, val_fraction=0.25, seed=1)
+    c = data.scan(images, val_fraction=0.25, seed=2)
+    assert a == b and a.val.files != c.val.files
+    assert sorted(a.val.labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # 12 * 0.25 per class
+    assert not set(a.train.files) & set(a.val.files)
+
+
+def test_train_val_layout(tmp_path):
+    make_folder(tmp_path, classes=2, per_class=6, split=True)
+    folder = data.scan(tmp_path, 0.2, 0)
+    assert len(folder.train.files) == 12 and len(folder.val.files) == 4
+
+
+@pytest.mark.parametrize(
+    "build, fragment",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(), "no class folders"),
+        (lambda p: make_folder(p, classes=1), "only one class"),
+        (lambda p: (make_folder(p, classes=2), (p / "empty").mkdir()), "has no images"),
+        (lambda p: (make_folder(p / "train", classes=3), make_folder(p / "val", classes=2)), "train and val classes differ"),
+    ],
+)
+def test_bad_folders(tmp_path, build, fragment):
+    root = tmp_path / "d"
+    build(root)
+    with pytest.raises(BadInput, match=fragment):
+        data.scan(root, 0.2, 0)
+
+
+def test_corrupt_images_are_listed_or_skipped(tmp_path, cache):
+    make_folder(tmp_path, classes=2, per_class=5)
+    good = (tmp_path / "class_0" / "img_000.png").read_bytes()
+    (tmp_path / "class_0" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "class_1" / "garbage.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    folder = data.scan(tmp_path, 0.2, 0)
+    split = data.Split(folder.train.files + folder.val.files, folder.train.labels + folder.val.labels)
+    prepared = data.prepare(split, tmp_path, PREP, cache, workers=1)
+    assert sorted(p.split("/")[-1] for p in prepared.bad) == ["garbage.jpg", "truncated.png"]
+    with pytest.raises(BadInput, match="2 unreadable image.*--skip-bad-images"):
+        data.check_bad([prepared], skip=False)
+    assert data.check_bad([prepared], skip=True) == 2
+    seen = sum(len(y) for _, y in data.Batches(prepared, PREP, 4, train=False, augment=False, seed=0))
+    assert seen == len(split.files) - 2
+
+
+def test_decoded_once_then_cached(images, cache, monkeypatch):
+    folder = data.scan(images, 0.2, 0)
+    first = data.prepare(folder.val, images, PREP, cache, workers=1)
+    monkeypatch.setattr(data, "load_image", lambda *a: pytest.fail("decoded again"))
+    again = data.prepare(folder.val, images, PREP, cache, workers=1)
+    assert np.array_equal(first.images, again.images) and first.fingerprint == again.fingerprint
+
+
+def test_batches_repeat_per_epoch_and_differ_between_epochs(images, cache):
+    folder = data.scan(images, 0.2, 0)
+    prepared = data.prepare(folder.train, images, PREP, cache, workers=1)
+    batches = data.Batches(prepared, PREP, 8, train=True, augment=True, seed=3)
+
+    def epoch(n):
+        batches.set_epoch(n)
+        return [(x.clone(), y.clone()) for x, y in batches]
+
+    one, again, two = epoch(1), epoch(1), epoch(2)
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(one, again))
+    assert any(not (a[0] == b[0]).all() for a, b in zip(one, two))
+    assert sum(len(y) for _, y in one) == len(folder.train.files)
