@@ -21,6 +21,8 @@ import yaml
 from job.errors import BadInput
 
 ENV_PREFIX = "JOB_"
+# JOB_* variables that are not settings: where things live, and the test suite's own.
+ENV_NOT_SETTINGS = ("JOB_CACHE", "JOB_FASHION_MNIST_DIR", "JOB_TEST_")
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
@@ -169,8 +171,8 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def from_env(env: Mapping[str, str]) -> dict[str, str]:
     """JOB_LR=0.1 -> {"lr": "0.1"}. Only keys of the config are taken; other JOB_* names are an error."""
-    reserved = {"JOB_CACHE", "JOB_TEST_S3_ENDPOINT"}
-    values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX) and k not in reserved}
+    values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+              if k.startswith(ENV_PREFIX) and not k.startswith(ENV_NOT_SETTINGS)}
     for key in values:
         if key not in FIELDS:
             close = difflib.get_close_matches(key, FIELDS, n=1)
@@ -214,6 +216,6 @@ def describe() -> list[tuple[str, str, str]]:
     """(key, default, help) for every setting: the README's configuration table and `job config --keys`."""
     rows = []
     for f in dataclasses.fields(TrainConfig):
-        choices = f" ({' | '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
+        choices = f"; one of {', '.join(f.metadata['choices'])}" if f.metadata["choices"] else ""
         rows.append((f.name, json.dumps(_jsonable(f.default)), f.metadata["help"] + choices))
     return rows

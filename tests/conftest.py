@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from job.config import ENV_NOT_SETTINGS
+
 # A tiny, fast configuration for tests: a real torchvision model at 32 px, no pretrained weights needed.
 TINY = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
 
@@ -49,7 +51,7 @@ def cache(tmp_path_factory) -> Path:
 def _private_cache(cache, monkeypatch):
     monkeypatch.setenv("JOB_CACHE", str(cache))
     for key in list(os.environ):
-        if key.startswith("JOB_") and key not in ("JOB_CACHE", "JOB_TEST_S3_ENDPOINT"):
+        if key.startswith("JOB_") and not key.startswith(ENV_NOT_SETTINGS):
             monkeypatch.delenv(key)
 
 

@@ -1,0 +1,229 @@
+"""The real `job` command in subprocesses: what a user types, what they see, and the exit codes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from job import checkpoint, model
+from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from tests.conftest import TINY, assert_error, make_folder, run_job
+
+
+@pytest.fixture(scope="module")
+def trained(images, tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("run") / "r"
+    r = run_job("train", "--data", images, *TINY, "--epochs", "2", "--output", out, "--json", env={"JOB_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout)
+
+
+def test_train_writes_a_complete_run(trained):
+    out, summary = trained
+    assert summary["epochs"] == 2 and 0 <= summary["best"]["val_acc"] <= 1
+    for name in ("run.json", "checkpoint.pt", "history.json", "history.csv", "curves.png", "best/model.pt", "best/bundle.json"):
+        assert (out / name).is_file(), name
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert set(history[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "val_f1_macro", "lr", "epoch_s", "images_per_s"}
+    header = (out / "history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_loss,train_acc,val_loss,val_acc")
+    manifest = json.loads((out / "best" / "bundle.json").read_text())
+    assert manifest["classes"] == ["class_0", "class_1", "class_2"]
+    assert manifest["preprocessing"]["image_size"] == 32 and manifest["versions"]["torch"]
+    assert manifest["data_fingerprint"] and manifest["files"]["model.pt"]["sha256"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_reports_the_trained_accuracy(trained, images, tmp_path):
+    out, summary = trained
+    r = run_job("evaluate", out, "--data", images, "--output", tmp_path / "ev", "--json")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert ev["images"] == 36 and len(ev["per_class"]) == 3 and sum(map(sum, ev["confusion"])) == 36
+    assert (tmp_path / "ev" / "confusion.png").is_file() and (tmp_path / "ev" / "evaluation.json").is_file()
+    r = run_job("evaluate", out, "--data", images, "--output", tmp_path / "ev2")
+    assert r.returncode == 0 and "precision" in r.stdout and "confusion" in r.stdout
+
+
+def test_evaluate_on_the_validation_split_matches_training(trained, tmp_path):
+    out, summary = trained
+    split = make_folder(tmp_path / "split", per_class=12, split=True)
+    r = run_job("evaluate", out, "--data", split, "--output", tmp_path / "ev", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 12  # DIR/val is used when DIR has a train/val split
+
+
+def test_predict_table_and_json(trained, images):
+    out, _ = trained
+    files = sorted((images / "class_1").iterdir())[:2]
+    r = run_job("predict", out, *files, images / "class_2", "--top-k", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 14 and all(len(row["predictions"]) == 2 for row in rows)
+    assert all(abs(sum(p["probability"] for p in row["predictions"])) <= 1.0001 for row in rows)
+    r = run_job("predict", out / "best", files[0])
+    assert r.returncode == 0 and "top-1" in r.stdout and "class_" in r.stdout
+
+
+def test_output_with_a_run_is_refused_unless_overwrite(trained, images):
+    out, _ = trained
+    before = (out / "checkpoint.pt").read_bytes()
+    r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out)
+    assert_error(r, EXIT_BAD_INPUT, str(out), "--overwrite")
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_overwrite_replaces_the_run(images, tmp_path):
+    out = tmp_path / "r"
+    assert run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, "--quiet").returncode == 0
+    (out / "notes.txt").write_text("mine")
+    r = run_job("train", "--data", images, *TINY, "--epochs", "2", "--output", out, "--overwrite", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["epochs"] == 2 and (out / "notes.txt").read_text() == "mine"
+
+
+def bad_folder(kind, root):
+    if kind == "empty class":
+        make_folder(root, classes=2, per_class=3)
+        (root / "class_9").mkdir()
+    elif kind == "one class":
+        make_folder(root, classes=1, per_class=3)
+    elif kind == "no classes":
+        root.mkdir()
+        (root / "readme.txt").write_text("x")
+    elif kind == "split mismatch":
+        make_folder(root / "train", classes=3, per_class=3)
+        make_folder(root / "val", classes=2, per_class=3)
+    return root
+
+
+@pytest.mark.parametrize(
+    "kind, fragments",
+    [
+        ("missing", ["does not exist", "--data"]),
+        ("no classes", ["no class folders", "<class>"]),
+        ("empty class", ["class_9", "has no images"]),
+        ("one class", ["only one class", "at least 2"]),
+        ("split mismatch", ["train and val classes differ", "class_2"]),
+    ],
+)
+def test_bad_data_folders(tmp_path, kind, fragments):
+    root = bad_folder(kind, tmp_path / "data")
+    r = run_job("train", "--data", root, *TINY, "--output", tmp_path / "out")
+    assert_error(r, EXIT_BAD_INPUT, *fragments)
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_corrupt_images_fail_before_training_or_are_skipped(tmp_path):
+    root = make_folder(tmp_path / "data", classes=2, per_class=6)
+    (root / "class_0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = run_job("train", "--data", root, *TINY, "--output", tmp_path / "a")
+    assert_error(r, EXIT_BAD_INPUT, "1 unreadable image", "broken.jpg", "--skip-bad-images")
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    r = run_job("train", "--data", root, *TINY, "--epochs", "1", "--output", tmp_path / "b", "--skip-bad-images", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["skipped_images"] == 1
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--lr", "0"], ["lr = 0.0", "> 0"]),
+        (["--lr", "-0.1"], ["lr = -0.1"]),
+        (["--step-size", "0"], ["step_size = 0", ">= 1"]),
+        (["--gamma", "1.5"], ["gamma = 1.5", "(0, 1]"]),
+        (["--gamma", "0"], ["gamma = 0.0"]),
+        (["--epochs", "0"], ["epochs = 0", ">= 1"]),
+        (["--batch-size", "0"], ["batch_size = 0", ">= 1"]),
+        (["--lr", "fast"], ["lr = 'fast'", "not a float"]),
+        (["--set", "stepsize=3"], ["unknown config key 'stepsize'", "step_size"]),
+        (["--model", "resnet_50"], ["unknown model 'resnet_50'", "resnet50"]),
+        (["--model", "resnet18", "--weights", "IMAGENET1K_V7"], ["unknown weights 'IMAGENET1K_V7'", "IMAGENET1K_V1"]),
+        (["--model", "resnet18", "--weights", "/nowhere/w.pth"], ["weights file '/nowhere/w.pth' does not exist"]),
+    ],
+)
+def test_bad_settings(images, tmp_path, flags, fragments):
+    r = run_job("train", "--data", images, "--output", tmp_path / "out", *flags)
+    assert_error(r, EXIT_BAD_INPUT, *fragments)
+
+
+def test_weights_file_for_another_architecture(images, tmp_path):
+    torch.save(model.create("resnet18", "none", 3).state_dict(), tmp_path / "r18.pth")
+    r = run_job("train", "--data", images, "--model", "mobilenet_v3_small", "--weights", tmp_path / "r18.pth", "--output", tmp_path / "o")
+    assert_error(r, EXIT_BAD_INPUT, "r18.pth", "do not fit mobilenet_v3_small", "--weights none")
+
+
+def test_torchvision_weights_missing_offline_says_where_to_put_them(images, tmp_path):
+    r = run_job("train", "--data", images, "--model", "resnet18", "--output", tmp_path / "o", env={"TORCH_HOME": str(tmp_path / "th")})
+    assert_error(r, EXIT_BAD_INPUT, "https://download.pytorch.org/models/resnet18-f37072fd.pth", str(tmp_path / "th"))
+
+
+def test_usage_errors_exit_2(tmp_path):
+    r = run_job("train", "--no-such-flag")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr and "Traceback" not in r.stderr
+    r = run_job("evaluate", tmp_path / "nothing", "--data", tmp_path)
+    assert_error(r, EXIT_BAD_INPUT, "does not exist")
+
+
+def test_config_precedence_through_the_cli(tmp_path):
+    (tmp_path / "c.toml").write_text("lr = 0.5\nepochs = 3\ngamma = 0.2\n")
+    r = run_job("train", "--config", tmp_path / "c.toml", "--epochs", "4", "--print-config", env={"JOB_LR": "0.25", "JOB_GAMMA": "0.3"})
+    assert r.returncode == 0, r.stderr
+    assert "lr = 0.25" in r.stdout and "epochs = 4" in r.stdout and "gamma = 0.3" in r.stdout
+    assert_error(run_job("train", "--print-config", env={"JOB_LRATE": "1"}), EXIT_BAD_INPUT, "JOB_LRATE")
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, job.cli; job.cli.build_parser().format_help(); assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert "config" in run_job("config").stdout
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes(images, tmp_path, cache):
+    out = tmp_path / "r"
+    args = [sys.executable, "-m", "job", "train", "--data", str(images), *TINY, "--epochs", "40", "--output", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "job train --resume" in err and "Traceback" not in err
+    state = checkpoint.load(out)
+    done = state["epoch"]
+    assert 1 <= done < 40 and not (out / "best").exists()
+    r = run_job("train", "--resume", out, "--epochs", str(done + 2), "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["resumed_from_epoch"] == done and summary["epochs"] == done + 2
+    assert_error(run_job("train", "--resume", out, "--lr", "0.1"), EXIT_BAD_INPUT, "--resume cannot change lr")
+
+
+def test_builtin_fashion_mnist_materialises_and_trains(tmp_path, cache):
+    args = ["--data", "fashion-mnist", "--set", "builtin_train_per_class=12", "--set", "builtin_val_per_class=6",
+            "--model", "resnet18", "--weights", "none", "--epochs", "1", "--json"]
+    r = run_job("train", *args, "--output", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    root = cache / "datasets" / "fashion-mnist-12-6"
+    assert len(list((root / "train").glob("*/*.png"))) == 120 and len(list((root / "val").glob("*/*.png"))) == 60
+    manifest = json.loads((tmp_path / "a" / "best" / "bundle.json").read_text())
+    assert len(manifest["classes"]) == 10 and manifest["preprocessing"]["image_size"] == 64
+    r = run_job("train", *args, "--output", tmp_path / "b", env={"JOB_FASHION_MNIST_DIR": str(tmp_path / "none"), "JOB_CACHE": str(tmp_path / "c")})
+    assert_error(r, EXIT_BAD_INPUT, "apt-get install dataset-fashion-mnist")
+
+
+def test_pretrained_backbone_beats_random_init_on_real_images(tmp_path):
+    """EfficientNet-Lite0 on 1,000 real Fashion-MNIST photos, 2 epochs: ImageNet weights must help a lot."""
+    acc = {}
+    for weights in ("DEFAULT", "none"):
+        r = run_job("train", "--weights", weights, "--epochs", "2", "--output", tmp_path / weights, "--json")
+        assert r.returncode == 0, r.stderr
+        acc[weights] = json.loads(r.stdout)["best"]["val_acc"]
+    # measured: 0.64 vs 0.38; the margin leaves room for other CPUs' arithmetic
+    assert acc["DEFAULT"] > acc["none"] + 0.1, acc
