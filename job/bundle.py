@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from job import checkpoint
 from job.data import Preprocessing
 from job.errors import BadInput
 
@@ -60,9 +61,7 @@ def write(folder: Path, state: dict[str, torch.Tensor], *, model_name: str, clas
     manifest_path = folder / MANIFEST
     if manifest_path.exists():
         manifest_path.unlink()  # the old manifest goes first: a half-replaced bundle is never taken as complete
-    tmp = folder / f".{WEIGHTS}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / WEIGHTS)
+    checkpoint.save(state, folder / WEIGHTS)
     manifest = {
         "format": FORMAT,
         "model": model_name,

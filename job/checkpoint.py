@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -14,18 +17,41 @@ from job.loop import CHECKPOINT_FORMAT
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def save(state: dict, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash leaves the previous checkpoint intact."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C and SIGTERM until the block ends, then stop as usual.
+
+    torch.save cut short by KeyboardInterrupt fails again while closing its zip file, turning a clean stop into a
+    traceback. Signal handlers can only be set from the main thread; elsewhere (a Ray worker thread) the block
+    runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    old = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if received:
+            raise KeyboardInterrupt
+
+
+def save(state: dict, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash leaves the previous file intact."""
+    with signals_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def load(path: Path) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import json
 import signal
 import sys
@@ -16,7 +17,10 @@ import time
 from pathlib import Path
 
 from job import __version__
-from job.errors import BadInput, Interrupted, JobError
+from job.errors import EXIT_FAILURE, BadInput, Interrupted, JobError
+
+# The machine, not job, is at fault: disk full, quota, permissions, read-only file system.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 # Flags that set a config key (dest = key). Every other key is reachable with --set key=value or a config file.
 TRAIN_FLAGS = {
@@ -93,15 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace, base: dict | None = None):
+    """Flags over environment over file over defaults; a resumed run takes only its checkpoint's config and flags."""
     from job import config
 
     flags = {k: getattr(args, k) for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k)}
-    return config.resolve(args.config, overrides=config.parse_sets(args.set) | flags, base=base)
+    env = {} if base is not None else None
+    return config.resolve(args.config, env=env, overrides=config.parse_sets(args.set) | flags, base=base)
 
 
 def _print_config(cfg) -> None:
+    """As TOML, so the output can be saved and passed back with --config."""
     for key, value in cfg.to_dict().items():
-        print(f"{key} = {json.dumps(value)}")
+        print(f"# {key}: unset, follows the weights" if value is None else f"{key} = {json.dumps(value)}")
 
 
 def _default_output(kind: str) -> Path:
@@ -147,7 +154,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = run.train(cfg, output, resume=state, overwrite=args.overwrite, bar=bar, on_epoch=on_epoch)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: the last finished epoch is saved in {output}; continue with: job train --resume {output}") from None
+        if (output / checkpoint.CHECKPOINT_NAME).is_file():
+            raise Interrupted(f"interrupted: the last finished epoch is saved in {output}; continue with: job train --resume {output}") from None
+        raise Interrupted("interrupted before the first epoch finished: nothing to resume, run the command again") from None
     elapsed = time.perf_counter() - started
     summary = {"output": str(result.output), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
                "best": result.best, "epochs": len(result.history), "resumed_from_epoch": result.resumed_from,
@@ -249,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("job: interrupted", file=sys.stderr)
         return Interrupted.exit_code
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise  # anything else is a bug: keep the traceback
+        print(f"job: error: {e.strerror}: {e.filename or ''}: free space or fix permissions, then run again", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         sys.stdout.flush()
 

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -217,9 +217,8 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
     os.replace(tmp_meta, meta_path)  # written last: the array is complete once this exists
 
 
-def check_bad(prepared: list[Prepared], skip: bool) -> int:
+def check_bad(bad: Sequence[str], skip: bool) -> int:
     """Fail listing unreadable files, or (with --skip-bad-images) return how many will be skipped."""
-    bad = [f for p in prepared for f in p.bad]
     if bad and not skip:
         listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise BadInput(f"{len(bad)} unreadable image(s): {listed}: fix or remove them, or pass --skip-bad-images")

@@ -49,7 +49,7 @@ def evaluate(b: Bundle, path: str, cache: Path, batch_size: int, skip_bad: bool,
         files += paths
         labels += [index[name]] * len(paths)
     prepared = data.prepare(data.Split(tuple(files), tuple(labels)), root, b.prep, cache, workers)
-    skipped = data.check_bad([prepared], skip_bad)
+    skipped = data.check_bad(prepared.bad, skip_bad)
     device = next(b.model.parameters()).device
     batches = data.Batches(prepared, b.prep, batch_size, train=False, augment=False, seed=0)
     tally, _ = evaluate_batches(b.model, batches, torch.nn.CrossEntropyLoss(), device, b.prep, False, len(b.classes))
@@ -78,31 +78,33 @@ def expand(paths: list[str]) -> list[Path]:
 
 @torch.no_grad()
 def predict(b: Bundle, paths: list[str], top_k: int, batch_size: int = 64, skip_bad: bool = False) -> list[dict]:
-    """[{file, predictions: [{label, probability}, ...]}] for each readable image, best first."""
+    """[{file, predictions: [{label, probability}, ...]}] for each readable image, best first.
+
+    Images are decoded a batch at a time (in threads), so a folder of any size fits in memory.
+    """
     files = expand(paths)
     prep, device = b.prep, next(b.model.parameters()).device
-    off = (prep.resize_size - prep.image_size) // 2
+    off, size = (prep.resize_size - prep.image_size) // 2, prep.image_size
+    k = min(top_k, len(b.classes))
 
-    def decode(f: Path):
+    def decode(f: Path) -> np.ndarray | None:
         try:
-            return data.load_image(f.read_bytes(), prep.resize_size, prep.interpolation)[off : off + prep.image_size, off : off + prep.image_size]
+            return data.load_image(f.read_bytes(), prep.resize_size, prep.interpolation)[off : off + size, off : off + size]
         except (OSError, ValueError, SyntaxError):
             return None
 
+    out, bad = [], []
     with concurrent.futures.ThreadPoolExecutor() as pool:
-        images = list(pool.map(decode, files))
-    bad = [str(f) for f, img in zip(files, images) if img is None]
-    if bad and not skip_bad:
-        raise BadInput(f"{len(bad)} unreadable image(s): {', '.join(bad[:3])}: fix or remove them, or pass --skip-bad-images")
-    good = [(f, img) for f, img in zip(files, images) if img is not None]
-    k = min(top_k, len(b.classes))
-    out = []
-    for start in range(0, len(good), batch_size):
-        chunk = good[start : start + batch_size]
-        x = torch.from_numpy(np.stack([img for _, img in chunk])).permute(0, 3, 1, 2).to(device)
-        probs = b.model(data.normalise(x, prep)).float().softmax(dim=1).cpu()
-        top = probs.topk(k, dim=1)
-        for (f, _), p, i in zip(chunk, top.values, top.indices):
-            out.append({"file": str(f), "predictions": [{"label": b.classes[j], "probability": float(q)} for q, j in zip(p, i)]})
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            decoded = list(pool.map(decode, chunk))
+            bad += [str(f) for f, img in zip(chunk, decoded) if img is None]
+            good = [(f, img) for f, img in zip(chunk, decoded) if img is not None]
+            if not good:
+                continue
+            x = torch.from_numpy(np.stack([img for _, img in good])).permute(0, 3, 1, 2).to(device)
+            top = b.model(data.normalise(x, prep)).float().softmax(dim=1).topk(k, dim=1)
+            for (f, _), p, i in zip(good, top.values.cpu(), top.indices.cpu()):
+                out.append({"file": str(f), "predictions": [{"label": b.classes[j], "probability": float(q)} for q, j in zip(p, i)]})
+    data.check_bad(bad, skip_bad)
     return out
-

@@ -67,7 +67,9 @@ def _torchvision_weights(name: str, weights: str):
 
 
 def is_path(weights: str) -> bool:
-    return weights.lower() not in ("default", "none") and ("/" in weights or os.sep in weights or Path(weights).suffix in (".pt", ".pth", ".bin"))
+    if weights.lower() in ("default", "none"):
+        return False
+    return "/" in weights or os.sep in weights or Path(weights).suffix in (".pt", ".pth", ".bin") or Path(weights).is_file()
 
 
 def preprocessing_for(name: str, weights: str) -> WeightsPreprocessing:

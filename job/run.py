@@ -54,6 +54,10 @@ def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None) -> Setup
     """Everything a run needs before its first epoch; all bad input is found here, before any training."""
     model.check_name(cfg.model)
     device = resolve_device(cfg.device)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cache folder '{cache}' is not writable ({e.strerror}): set JOB_CACHE to a writable folder") from None
     root = (
         builtin.materialise(cfg.data, cache, cfg.builtin_train_per_class, cfg.builtin_val_per_class)
         if cfg.data in builtin.NAMES
@@ -61,12 +65,8 @@ def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None) -> Setup
     )
     folder = data.scan(root, cfg.val_fraction, cfg.seed)
     prep = preprocessing(cfg)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"cache folder '{cache}' is not writable ({e.strerror}): set JOB_CACHE to a writable folder") from None
     train, val = (data.prepare(s, folder.root, prep, cache, cfg.workers) for s in (folder.train, folder.val))
-    skipped = data.check_bad([train, val], cfg.skip_bad_images)
+    skipped = data.check_bad(train.bad + val.bad, cfg.skip_bad_images)
     for name, split in (("train", train), ("val", val)):
         present = set(split.labels[split.ok].tolist())
         if len(present) < len(folder.classes):
@@ -93,8 +93,11 @@ def check_output(output: Path, overwrite: bool) -> None:
         )
     try:
         output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".job-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
-        raise BadInput(f"cannot create output folder '{output}' ({e.strerror}): choose a writable --output") from None
+        raise BadInput(f"output folder '{output}' is not writable ({e.strerror}): choose a writable --output") from None
 
 
 @dataclasses.dataclass

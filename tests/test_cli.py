@@ -70,6 +70,17 @@ def test_predict_table_and_json(trained, images):
     assert r.returncode == 0 and "top-1" in r.stdout and "class_" in r.stdout
 
 
+def test_predict_lists_unreadable_images_or_skips_them(trained, images, tmp_path):
+    out, _ = trained
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(next((images / "class_0").iterdir()).read_bytes())
+    (folder / "bad.png").write_bytes(b"\x89PNG not really")
+    assert_error(run_job("predict", out, folder), EXIT_BAD_INPUT, "bad.png", "--skip-bad-images")
+    r = run_job("predict", out, folder, "--skip-bad-images", "--json")
+    assert r.returncode == 0 and [row["file"] for row in json.loads(r.stdout)] == [str(folder / "good.png")]
+
+
 def test_output_with_a_run_is_refused_unless_overwrite(trained, images):
     out, _ = trained
     before = (out / "checkpoint.pt").read_bytes()
@@ -184,14 +195,16 @@ def test_help_does_not_import_torch():
     assert "config" in run_job("config").stdout
 
 
-def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes(images, tmp_path, cache):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_keeps_the_last_checkpoint_and_resume_finishes(images, tmp_path, signum):
+    """Ctrl-C, or SIGTERM from docker stop / Kubernetes, mid-run: exit 130, the checkpoint intact, resumable."""
     out = tmp_path / "r"
     args = [sys.executable, "-m", "job", "train", "--data", str(images), *TINY, "--epochs", "40", "--output", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert "job train --resume" in err and "Traceback" not in err

@@ -80,8 +80,8 @@ def test_corrupt_images_are_listed_or_skipped(tmp_path, cache):
     prepared = data.prepare(split, tmp_path, PREP, cache, workers=1)
     assert sorted(p.split("/")[-1] for p in prepared.bad) == ["garbage.jpg", "truncated.png"]
     with pytest.raises(BadInput, match="2 unreadable image.*--skip-bad-images"):
-        data.check_bad([prepared], skip=False)
-    assert data.check_bad([prepared], skip=True) == 2
+        data.check_bad(prepared.bad, skip=False)
+    assert data.check_bad(prepared.bad, skip=True) == 2
     seen = sum(len(y) for _, y in data.Batches(prepared, PREP, 4, train=False, augment=False, seed=0))
     assert seen == len(split.files) - 2
 

@@ -1,0 +1,31 @@
+import os
+import signal
+
+import pytest
+import torch
+
+from job import checkpoint
+from job.errors import BadInput
+
+
+def test_a_signal_during_save_waits_for_the_file_to_be_complete(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save({"format": "job-checkpoint/1", "epoch": 1}, path)
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-write
+            torch.save({"format": "job-checkpoint/1", "epoch": 2, "w": torch.ones(1000)}, path)
+    assert checkpoint.load(path)["epoch"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_save_leaves_no_temporary_files_and_load_refuses_foreign_files(tmp_path):
+    checkpoint.save({"format": "job-checkpoint/1", "epoch": 3}, tmp_path / "checkpoint.pt")
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+    assert checkpoint.load(tmp_path)["epoch"] == 3
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(BadInput, match="not a job checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(BadInput, match="cannot be read"):
+        checkpoint.load(tmp_path / "junk.pt")
