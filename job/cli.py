@@ -8,6 +8,7 @@ inside the subcommands, so `job --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import errno
 import json
@@ -37,12 +38,26 @@ TRAIN_FLAGS = {
     "device": "auto, cpu, cuda or cuda:N",
 }
 BOOL_FLAGS = {"freeze_backbone": "train only the new head", "skip_bad_images": "skip unreadable images instead of failing"}
+SEARCHED = ("lr", "step_size", "gamma")  # job tune samples these: its flags set their ranges instead
+TUNE_FLAGS = {
+    "num_samples": "trials to run",
+    "max_concurrent": "trials at once (0: as resources allow)",
+    "time_budget_s": "stop after this many seconds, export the best so far",
+    "gpus_per_trial": "GPUs per trial, fractions allowed",
+    "cpus_per_trial": "CPUs (torch threads) per trial",
+    "lr_range": "MIN,MAX for lr (log-uniform)",
+    "step_size_range": "MIN,MAX for step_size (integers)",
+    "gamma_range": "MIN,MAX for gamma (uniform)",
+    "storage": "where Ray keeps the experiment",
+    "name": "experiment name (an unfinished one is resumed)",
+}
 RESUME_MAY_CHANGE = {"epochs", "device", "workers"}
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     for key, help in TRAIN_FLAGS.items():
-        p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS, metavar="X", help=help)
+        if key not in skip:
+            p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS, metavar="X", help=help)
     for key, help in BOOL_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, action="store_true", default=argparse.SUPPRESS, help=help)
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML or YAML file of settings")
@@ -68,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="CKPT", help="continue the run in this folder (or checkpoint.pt)")
     _add_output_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search lr, step_size and gamma with Ray Tune (Optuna TPE + ASHA); export the best")
+    _add_config_flags(p, skip=SEARCHED)
+    for key, help in TUNE_FLAGS.items():
+        flag = "--time-budget" if key == "time_budget_s" else "--" + key.replace("_", "-")
+        p.add_argument(flag, dest=key, default=argparse.SUPPRESS, metavar="X", help=help)
+    p.add_argument("--restart", action="store_true", help="start the experiment over instead of resuming it")
+    p.add_argument("--output", type=Path, metavar="DIR", help="where the best bundle and trials.csv go (default: runs/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace another run's results in --output")
+    _add_output_flags(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="metrics, per-class table and confusion matrix of a bundle on a labelled folder")
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="run folder or bundle folder")
@@ -105,10 +131,12 @@ def resolve_config(args: argparse.Namespace, base: dict | None = None):
     return config.resolve(args.config, env=env, overrides=config.parse_sets(args.set) | flags, base=base)
 
 
-def _print_config(cfg) -> None:
+def _print_config(cfg, section: str = "") -> None:
     """As TOML, so the output can be saved and passed back with --config."""
+    if section:
+        print(f"\n[{section}]")
     for key, value in cfg.to_dict().items():
-        print(f"# {key}: unset, follows the weights" if value is None else f"{key} = {json.dumps(value)}")
+        print(f"# {key}: unset, uses the default" if value is None else f"{key} = {json.dumps(value)}")
 
 
 def _default_output(kind: str) -> Path:
@@ -173,6 +201,44 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(report.table([[h[c] for c in cols] for h in result.history], cols))
         print(f"bundle:  {result.bundle}\nhistory: {output / 'history.csv'}, {output / 'history.json'}\nplot:    {output / 'curves.png'}")
         print(f"next:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from job import config
+
+    sets = config.parse_sets(args.set)
+    train_flags = {k: getattr(args, k) for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k)}
+    cfg = config.resolve(args.config, overrides=config.for_section(config.TrainConfig, sets) | train_flags)
+    search_flags = {k: getattr(args, k) for k in TUNE_FLAGS if hasattr(args, k)}
+    search = config.resolve(args.config, overrides=config.for_section(config.SearchConfig, sets) | search_flags,
+                            cls=config.SearchConfig)
+    if args.print_config:
+        _print_config(cfg)
+        _print_config(search, config.SearchConfig.SECTION)
+        return 0
+    from job import report, run, tune
+
+    output = args.output or Path("runs") / search.name
+    run.check_tune_output(output, str(Path(search.storage).expanduser().resolve() / search.name), args.overwrite or args.restart)
+    try:
+        outcome = tune.search(cfg, search, output, restart=args.restart, progress=not (args.quiet or args.json))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: the experiment is saved under {search.storage}/{search.name}; "
+                          "run the same command again to resume it") from None
+    trials = [dataclasses.asdict(t) | {"history": None} for t in outcome.trials]
+    if args.json:
+        print(json.dumps({"output": str(outcome.output), "bundle": str(outcome.bundle), "experiment": outcome.experiment,
+                          "resumed": outcome.resumed, "seconds": round(outcome.seconds, 1),
+                          "best": dataclasses.asdict(outcome.best) | {"history": None}, "trials": trials}, indent=2))
+        return 0
+    print("\n".join(tune.summary_lines(outcome)))
+    if not args.quiet:
+        rows = [[t["trial_id"], t["lr"], t["step_size"], t["gamma"], t["epochs"],
+                 t["val_acc"] if t["val_acc"] is not None else "-", t["status"]] for t in trials]
+        print(report.table(rows, ["trial", "lr", "step_size", "gamma", "epochs", "val_acc", "status"]))
+        print(f"bundle:  {outcome.bundle}\ntrials:  {output / 'trials.csv'}, {output / 'trials.json'}\n"
+              f"plot:    {output / 'trials.png'}\nnext:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
     return 0
 
 

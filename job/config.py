@@ -10,11 +10,12 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import yaml
 
@@ -29,8 +30,20 @@ def _field(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
+class Settings:
+    """Shared by the settings dataclasses: plain-dict round trip, with every value coerced and checked."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config"):
+        return cls(**{k: _coerce(cls, k, v, source) for k, v in _known(cls, values, source).items()})
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
+    SECTION: ClassVar[str] = ""
     # data
     data: str = _field("fashion-mnist", "Image folder (DIR/train/<class>, DIR/val/<class> or DIR/<class>) or a built-in data set name")
     val_fraction: float = _field(0.2, "Share of each class held out for validation when DIR has no train/val split")
@@ -68,33 +81,28 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _validate(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-        return cls(**{k: _coerce(k, v, source) for k, v in _known(values, source).items()})
-
 
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def _known(values: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+def _known(cls: type, values: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    fields = _fields(cls)
     for key in values:
-        if key not in FIELDS:
-            close = difflib.get_close_matches(key, FIELDS, n=1)
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
             hint = f"did you mean '{close[0]}'?" if close else "see `job config` for the known keys"
             raise BadInput(f"unknown config key '{key}' in {source}: {hint}")
     return values
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
+def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     """Turn a file, environment or flag value into the field's type, or fail naming the key."""
-    hint = typing.get_type_hints(TrainConfig)[key]
+    hint = typing.get_type_hints(cls)[key]
     optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
     base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
     if isinstance(value, str) and base is not str:
@@ -109,21 +117,26 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return None
     want = typing.get_origin(base) or base
     if want is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(base.__args__):
-            raise BadInput(f"{key} = {value!r} in {source}: give {len(base.__args__)} numbers, e.g. {key} = 0.5,0.5,0.5")
-        return tuple(_coerce_scalar(key, v, float, source) for v in value)
-    return _coerce_scalar(key, value, base, source)
+        n = len(base.__args__)
+        if not isinstance(value, (list, tuple)) or len(value) != n:
+            example = ",".join(["0.5"] * n if base.__args__[0] is float else ["1"] * n)
+            raise BadInput(f"{key} = {value!r} in {source}: give {n} numbers, e.g. {key} = {example}")
+        return tuple(_coerce_scalar(cls, key, v, t, source) for v, t in zip(value, base.__args__))
+    return _coerce_scalar(cls, key, value, base, source)
 
 
-def _coerce_scalar(key: str, value: Any, want: type, source: str) -> Any:
+def _coerce_scalar(cls: type, key: str, value: Any, want: type, source: str) -> Any:
     if want is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
             return float(value)
         except ValueError:
             pass
+    elif want is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
     elif isinstance(value, want) and not (want is int and isinstance(value, bool)):
         return value
-    raise BadInput(f"{key} = {value!r} in {source} is not a {want.__name__}: give e.g. {key} = {FIELDS[key].default!r}")
+    example = _fields(cls)[key].default
+    raise BadInput(f"{key} = {value!r} in {source} is not a {want.__name__}: give e.g. {key} = {json.dumps(_jsonable(example))}")
 
 
 def _validate(c: TrainConfig) -> None:
@@ -153,6 +166,47 @@ def _validate(c: TrainConfig) -> None:
     need(bool(c.data.strip()), "data", "a folder or a built-in data set name")
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchConfig(Settings):
+    """How `job tune` searches: the space of lr, step_size and gamma, the budget, resources and storage."""
+
+    SECTION: ClassVar[str] = "tune"
+    lr_range: tuple[float, float] = _field((1e-4, 1e-1), "lr is sampled log-uniformly from [min, max]")
+    step_size_range: tuple[int, int] | None = _field(None, "step_size is sampled from the integers [min, max]; default [1, epochs]")
+    gamma_range: tuple[float, float] = _field((0.05, 0.9), "gamma is sampled uniformly from [min, max]")
+    num_samples: int = _field(8, "Trials to run")
+    max_concurrent: int = _field(0, "Trials running at once (0: as many as the resources allow)")
+    time_budget_s: float | None = _field(None, "Stop the search after this many seconds and export the best so far")
+    grace_period: int = _field(1, "ASHA: epochs every trial runs before it can be stopped")
+    reduction_factor: int = _field(2, "ASHA: keep the top 1/reduction_factor of trials at each rung")
+    startup_trials: int | None = _field(None, "TPE: random trials before it models the space; default num_samples // 3, from 2 to 10")
+    cpus_per_trial: int | None = _field(None, "CPUs (and torch threads) per trial; default: all CPUs / concurrent trials")
+    gpus_per_trial: float | None = _field(None, "GPUs per trial, fractions allowed; default 1 when there are GPUs")
+    max_failures: int = _field(2, "Times a crashed trial is retried from its last checkpoint")
+    storage: str = _field("runs/ray", "Where Ray keeps the experiment (trial results and checkpoints)")
+    name: str = _field("job-tune", "Experiment name: an unfinished experiment of this name is resumed")
+
+    def __post_init__(self) -> None:
+        for key, low in (("lr_range", 0), ("gamma_range", 0)):
+            lo, hi = getattr(self, key)
+            if not low < lo < hi:
+                raise BadInput(f"{key} = {lo:g},{hi:g} is empty or inverted: give min,max with {low} < min < max")
+        if self.gamma_range[1] > 1:
+            raise BadInput(f"gamma_range max {self.gamma_range[1]:g} is above 1: gamma must be in (0, 1]")
+        if self.step_size_range is not None and not 1 <= self.step_size_range[0] <= self.step_size_range[1]:
+            raise BadInput(f"step_size_range = {self.step_size_range[0]},{self.step_size_range[1]} is empty or inverted: give min,max with 1 <= min <= max")
+        for key, low in (("num_samples", 1), ("grace_period", 1), ("reduction_factor", 2), ("max_concurrent", 0), ("max_failures", 0)):
+            if getattr(self, key) < low:
+                raise BadInput(f"{key} = {getattr(self, key)} is out of range: {key} must be >= {low}")
+        for key in ("time_budget_s", "cpus_per_trial", "startup_trials"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise BadInput(f"{key} = {getattr(self, key)} is out of range: {key} must be > 0")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise BadInput(f"gpus_per_trial = {self.gpus_per_trial} is out of range: give 0 or more (fractions allowed)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise BadInput(f"name = {self.name!r} is not a plain folder name: use letters, digits, '.', '_' and '-'")
+
+
 def read_file(path: Path) -> dict[str, Any]:
     """Read a TOML or YAML config file into a flat dict (validated later, by name)."""
     if not path.is_file():
@@ -169,16 +223,23 @@ def read_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def from_env(env: Mapping[str, str]) -> dict[str, str]:
-    """JOB_LR=0.1 -> {"lr": "0.1"}. Only keys of the config are taken; other JOB_* names are an error."""
-    values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
-              if k.startswith(ENV_PREFIX) and not k.startswith(ENV_NOT_SETTINGS)}
-    for key in values:
-        if key not in FIELDS:
-            close = difflib.get_close_matches(key, FIELDS, n=1)
-            hint = f"did you mean {ENV_PREFIX}{close[0].upper()}?" if close else "unset it"
-            raise BadInput(f"unknown environment variable {ENV_PREFIX}{key.upper()}: {hint}")
-    return values
+def _env_prefix(cls: type) -> str:
+    return ENV_PREFIX + (cls.SECTION.upper() + "_" if cls.SECTION else "")
+
+
+def from_env(cls: type, env: Mapping[str, str]) -> dict[str, str]:
+    """JOB_LR=0.1 -> {"lr": "0.1"} for TrainConfig, JOB_TUNE_NUM_SAMPLES=8 for SearchConfig; unknown names fail."""
+    prefix = _env_prefix(cls)
+    others = tuple(_env_prefix(c) for c in SECTIONS if _env_prefix(c) != prefix and _env_prefix(c).startswith(prefix))
+    names = [k for k in env if k.startswith(prefix) and not k.startswith(ENV_NOT_SETTINGS + others)]
+    fields = _fields(cls)
+    for name in names:
+        key = name[len(prefix):].lower()
+        if key not in fields:
+            everything = {_env_prefix(c) + f.upper() for c in SECTIONS for f in _fields(c)}
+            close = difflib.get_close_matches(name, everything, n=1)
+            raise BadInput(f"unknown environment variable {name}: " + (f"did you mean {close[0]}?" if close else "unset it"))
+    return {name[len(prefix):].lower(): env[name] for name in names}
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -192,30 +253,49 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return values
 
 
+def for_section(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a flat key -> value mapping that belongs to `cls` (keys of other sections are left out)."""
+    others = {k for c in SECTIONS if c is not cls for k in _fields(c)}
+    return {k: v for k, v in values.items() if k not in others}
+
+
 def resolve(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     base: Mapping[str, Any] | None = None,
-) -> TrainConfig:
+    cls: type = None,
+):
     """Defaults < base (e.g. a checkpoint's config) < file < environment (JOB_*) < overrides (flags)."""
-    values: dict[str, Any] = {}
+    cls = cls or TrainConfig
+    file_values = read_file(file) if file else {}
+    if cls.SECTION:
+        section = file_values.get(cls.SECTION, {})
+        if not isinstance(section, dict):
+            raise BadInput(f"'{cls.SECTION}' in {file} must be a table of settings ([{cls.SECTION}] in TOML)")
+        file_values = section
+    else:
+        file_values = {k: v for k, v in file_values.items() if k not in {c.SECTION for c in SECTIONS}}
     layers = [
         (dict(base or {}), "the saved config"),
-        (read_file(file) if file else {}, str(file)),
-        (from_env(os.environ if env is None else env), "the environment (JOB_*)"),
+        (file_values, str(file)),
+        (from_env(cls, os.environ if env is None else env), f"the environment ({_env_prefix(cls)}*)"),
         (dict(overrides or {}), "the command line"),
     ]
+    values: dict[str, Any] = {}
     for layer, source in layers:
-        for key, value in _known(layer, source).items():
-            values[key] = _coerce(key, value, source)
-    return TrainConfig(**values)
+        for key, value in _known(cls, layer, source).items():
+            values[key] = _coerce(cls, key, value, source)
+    return cls(**values)
 
 
-def describe() -> list[tuple[str, str, str]]:
-    """(key, default, help) for every setting: the README's configuration table and `job config --keys`."""
+def describe(cls: type = None) -> list[tuple[str, str, str]]:
+    """(key, default, help) for every setting: the README's configuration tables and `job config`."""
     rows = []
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls or TrainConfig):
         choices = f"; one of {', '.join(f.metadata['choices'])}" if f.metadata["choices"] else ""
         rows.append((f.name, json.dumps(_jsonable(f.default)), f.metadata["help"] + choices))
     return rows
+
+
+SECTIONS = (TrainConfig, SearchConfig)

@@ -123,3 +123,45 @@ class TqdmBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+TRIAL_COLUMNS = ("trial_id", "lr", "step_size", "gamma", "epochs", "val_acc", "best_epoch", "status", "error")
+
+
+def write_trials(output: Path, trials: list[dict]) -> None:
+    """trials.json (with each trial's history) and trials.csv (one row per trial)."""
+    _atomic_write(output / "trials.json", json.dumps(trials, indent=2) + "\n")
+    tmp = output / ".trials.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TRIAL_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(trials)
+    os.replace(tmp, output / "trials.csv")
+
+
+def plot_trials(path: Path, trials: list[dict], best_id: str) -> None:
+    """val_acc per epoch for every trial: trials stopped early end early, errored ones are dotted."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for t in trials:
+        if not t["history"]:
+            continue
+        epochs = [h["epoch"] for h in t["history"]]
+        accs = [h["val_acc"] for h in t["history"]]
+        best = t["trial_id"] == best_id
+        style = ":" if t["status"] == "errored" else "-"
+        label = f"{t['trial_id']} lr {t['lr']:.1e} ({t['status']})" + (" BEST" if best else "")
+        ax.plot(epochs, accs, style, marker="o", linewidth=2.5 if best else 1, alpha=1 if best else 0.7, label=label)
+        if t["status"].startswith("stopped"):
+            ax.plot(epochs[-1], accs[-1], "x", color="black", markersize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val_acc")
+    ax.set_title("val_acc per trial (x: stopped early)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

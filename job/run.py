@@ -49,6 +49,11 @@ class Setup:
     fingerprint: str
     skipped: int
 
+    def meta(self, cfg: TrainConfig) -> dict:
+        """What every checkpoint carries besides the training state, so it can be resumed or exported alone."""
+        return {"config": cfg.to_dict(), "classes": list(self.folder.classes), "preprocessing": self.prep.to_dict(),
+                "data_fingerprint": self.fingerprint}
+
 
 def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None) -> Setup:
     """Everything a run needs before its first epoch; all bad input is found here, before any training."""
@@ -100,6 +105,17 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise BadInput(f"output folder '{output}' is not writable ({e.strerror}): choose a writable --output") from None
 
 
+def check_tune_output(output: Path, experiment: str, overwrite: bool) -> None:
+    """A tune output folder may be written again by the same experiment (a resumed search), not by another run."""
+    if output.exists() and not output.is_dir():
+        raise BadInput(f"--output '{output}' is a file: pass a folder")
+    run_file = output / RUN_FILE
+    other = (output / checkpoint.CHECKPOINT_NAME).exists() or (
+        run_file.is_file() and json.loads(run_file.read_text()).get("experiment") != experiment)
+    if other and not overwrite:
+        raise BadInput(f"output folder '{output}' already holds another run: pass --overwrite to replace it, or choose another --output")
+
+
 @dataclasses.dataclass
 class Result:
     output: Path
@@ -117,8 +133,7 @@ def train(cfg: TrainConfig, output: Path, *, resume: dict | None = None, overwri
     if resume is None:
         check_output(output, overwrite)
     s = setup(cfg, cache_dir(), bar)
-    meta = {"config": cfg.to_dict(), "classes": list(s.folder.classes), "preprocessing": s.prep.to_dict(),
-            "data_fingerprint": s.fingerprint}
+    meta = s.meta(cfg)
     if resume is not None:
         if resume["data_fingerprint"] != s.fingerprint or resume["classes"] != list(s.folder.classes):
             raise BadInput(f"the data in '{cfg.data}' changed since the checkpoint was written: resume with the same data, or start a new run")

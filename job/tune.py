@@ -1,0 +1,419 @@
+"""`job tune`: the training loop of `job train` as a Ray Tune trainable, searched by Optuna (TPE) with ASHA.
+
+The only module that imports Ray and Optuna, and only when `job tune` runs. The trainable is `trainable` below:
+it builds the same `Fit` as `job train` (run.setup), reports every epoch's metrics with a checkpoint, and continues
+from `tune.get_checkpoint()` when Ray restarts it. The experiment lives under `storage/name`; an unfinished one
+is resumed (finished trials are kept, the running ones continue from their checkpoints, errored ones are retried,
+the Optuna study keeps its history), which is what lets a preempted Kubernetes Job finish its search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from job import bundle, checkpoint, report, run
+from job.config import SearchConfig, TrainConfig
+from job.errors import BadInput, JobError
+
+METRIC, MODE = "val_acc", "max"
+SETTINGS_FILE = "job-tune.json"  # beside Ray's files in the experiment folder: what the search was started with
+# Settings that may differ when an experiment is resumed: they change how it runs, not what it searches.
+RUNTIME_KEYS = {"time_budget_s", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage",
+                "device", "workers"}
+
+
+@dataclasses.dataclass
+class Trial:
+    """One row of trials.csv."""
+
+    trial_id: str
+    lr: float
+    step_size: int
+    gamma: float
+    epochs: int
+    val_acc: float | None  # the trial's best, over all of its epochs
+    best_epoch: int | None
+    status: str  # completed | stopped early (ASHA) | stopped (time budget) | errored
+    error: str
+    history: list[dict] = dataclasses.field(repr=False, default_factory=list)
+
+
+@dataclasses.dataclass
+class Outcome:
+    output: Path
+    experiment: str
+    best: Trial
+    trials: list[Trial]
+    bundle: Path
+    resumed: bool
+    seconds: float
+
+
+# ---- inside a Ray worker ---------------------------------------------------------------------------------------
+
+
+def trainable(sampled: dict, base: dict, cache: str, threads: int) -> None:
+    """Ray Tune function trainable: one trial = one `Fit` with the sampled lr, step_size and gamma."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(threads)  # no oversubscription: as many threads as CPUs given to the trial
+    cfg = TrainConfig.from_dict(base | sampled)
+    s = run.setup(cfg, Path(cache))
+    restored = tune.get_checkpoint()
+    if restored:
+        with restored.as_directory() as folder:
+            s.fit.restore(checkpoint.load(Path(folder)))
+    for epoch in s.fit:
+        with tempfile.TemporaryDirectory(prefix="job-ckpt-") as folder:
+            checkpoint.save(epoch.checkpoint() | s.meta(cfg), Path(folder) / checkpoint.CHECKPOINT_NAME)
+            tune.report({**epoch.metrics, "epoch": epoch.epoch, "best_val_acc": s.fit.best_val_acc},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+# ---- in the driver -----------------------------------------------------------------------------------------------
+
+
+def _quiet_ray() -> None:
+    """Ray's own console output and tables are replaced by `Progress`; state is snapshotted every second."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy engine is silent at verbose=0
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # a killed driver loses at most ~1 s of trial statuses
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")  # don't reserve workers for trials not yet sampled
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # GracefulStop handles Ctrl-C and SIGTERM
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network, no prompt
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+
+def _start_ray() -> None:
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise BadInput(f"cannot join the Ray cluster at RAY_ADDRESS={address} ({str(e).splitlines()[0][:120]}): "
+                           "check the address, or unset RAY_ADDRESS to run on this machine") from None
+    else:
+        # "local" always starts a private cluster: never attach to another one that happens to run on this host.
+        tmp = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+        ray.init(address="local", _temp_dir=str(tmp), **common)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail within seconds when RAY_ADDRESS does not answer: ray.init would wait for minutes."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except ValueError:
+        raise BadInput(f"RAY_ADDRESS={address} is not host:port (or ray://host:port): fix it, or unset it to run on this machine") from None
+    except OSError as e:
+        raise BadInput(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({e.strerror or e}): "
+                       "check the address, or unset RAY_ADDRESS to run on this machine") from None
+
+
+def _resources(search: SearchConfig, cfg: TrainConfig) -> tuple[dict, int, int]:
+    """(resources per trial, torch threads per trial, concurrent trials) from the settings and the cluster."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = int(total.get("CPU", 1)), float(total.get("GPU", 0))
+    use_gpu = gpus > 0 and cfg.device != "cpu"
+    per_gpu = search.gpus_per_trial if search.gpus_per_trial is not None else (1.0 if use_gpu else 0.0)
+    if per_gpu > gpus:
+        raise BadInput(f"gpus_per_trial = {per_gpu:g} but the Ray cluster has {gpus:g} GPU(s): lower --gpus-per-trial")
+    if per_gpu > 0:
+        slots = int(gpus / per_gpu)
+    else:
+        slots = search.max_concurrent or min(search.num_samples, max(2, cpus // 4), cpus)
+    concurrent = min(search.max_concurrent or slots, slots, search.num_samples)
+    per_cpu = search.cpus_per_trial or max(1, cpus // max(1, concurrent))
+    if per_cpu > cpus:
+        raise BadInput(f"cpus_per_trial = {per_cpu} but the Ray cluster has {cpus} CPU(s): lower --cpus-per-trial")
+    return {"cpu": per_cpu, "gpu": per_gpu}, per_cpu, concurrent
+
+
+def _space(search: SearchConfig, cfg: TrainConfig) -> dict:
+    from ray import tune
+
+    lo, hi = search.step_size_range or (1, cfg.epochs)
+    return {
+        "lr": tune.loguniform(*search.lr_range),
+        "step_size": tune.randint(lo, hi + 1),  # randint's upper bound is exclusive
+        "gamma": tune.uniform(*search.gamma_range),
+    }
+
+
+def _settings(cfg: TrainConfig, search: SearchConfig) -> dict:
+    return {"train": cfg.to_dict(), "tune": search.to_dict()}
+
+
+def _check_compatible(experiment: Path, settings: dict) -> None:
+    saved_file = experiment / SETTINGS_FILE
+    if not saved_file.is_file():
+        return
+    saved = json.loads(saved_file.read_text())
+    changed = sorted(
+        f"{key}" for section in ("train", "tune") for key in settings[section]
+        if key not in RUNTIME_KEYS and saved.get(section, {}).get(key) != settings[section][key]
+    )
+    if changed:
+        raise BadInput(f"experiment '{experiment}' was started with other settings ({', '.join(changed)}): "
+                       "resume it with the same settings, pass --restart to start it over, or pick another --name")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".job-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BadInput(f"{what} '{folder}' is not writable ({e.strerror}): choose a writable location") from None
+
+
+def search(cfg: TrainConfig, search: SearchConfig, output: Path, *, restart: bool = False, progress: bool = True) -> Outcome:
+    """Run (or resume) the search, then export the best trial's best epoch as a bundle into `output`."""
+    started = time.perf_counter()
+    note = say if progress else (lambda line: None)
+    storage = Path(search.storage).expanduser().resolve()
+    experiment = storage / search.name
+    settings = _settings(cfg, search)
+    _check_writable(storage, "storage")
+    _check_writable(output, "output folder")
+    if not restart:
+        _check_compatible(experiment, settings)
+    if cfg.step_size < 1 or (search.step_size_range and search.step_size_range[1] > cfg.epochs):
+        raise BadInput(f"step_size_range max {search.step_size_range[1]} is above epochs = {cfg.epochs}: lower it or raise --epochs")
+    if search.grace_period > cfg.epochs:
+        raise BadInput(f"grace_period = {search.grace_period} is above epochs = {cfg.epochs}: lower it or raise --epochs")
+
+    if os.environ.get("RAY_ADDRESS"):
+        _probe(os.environ["RAY_ADDRESS"])
+    # Preflight in the driver: every bad input fails here, before any trial, and the decoded data set lands in
+    # the cache once for every trial on this machine.
+    note("preparing the data set (decoded once, shared by every trial on this machine)")
+    run.setup(cfg, run.cache_dir())
+
+    _quiet_ray()
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _start_ray()
+    try:
+        if _multi_node() and not search.storage.startswith("s3://"):
+            raise BadInput(f"the Ray cluster has {_multi_node()} nodes but storage '{search.storage}' is local to one: "
+                           "pass --storage s3://bucket/prefix so every node can reach the experiment")
+        resources, threads, concurrent = _resources(search, cfg)
+        if restart and experiment.exists():
+            shutil.rmtree(experiment)  # only the experiment: storage may hold others
+        resumed = experiment.exists() and tune.Tuner.can_restore(str(experiment))
+        fn = tune.with_resources(
+            tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(run.cache_dir()), threads=threads), resources
+        )
+        view = _progress(search.num_samples, cfg.epochs, progress)
+        if resumed:
+            note(f"resuming experiment {experiment}")
+            tuner = tune.Tuner.restore(str(experiment), fn, resume_unfinished=True, resume_errored=True)
+        else:
+            note(f"new experiment {experiment}: {search.num_samples} trials, {concurrent} at a time, "
+                f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
+            startup = search.startup_trials or min(10, max(2, search.num_samples // 3))
+            sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)
+            tuner = tune.Tuner(
+                fn,
+                param_space=_space(search, cfg),
+                tune_config=tune.TuneConfig(
+                    metric=METRIC, mode=MODE, num_samples=search.num_samples,
+                    search_alg=OptunaSearch(sampler=sampler),
+                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+                                            grace_period=search.grace_period, reduction_factor=search.reduction_factor),
+                    max_concurrent_trials=concurrent, time_budget_s=search.time_budget_s, reuse_actors=True,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=search.name, storage_path=str(storage), verbose=0, callbacks=[view],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
+                    failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                ),
+            )
+            experiment.mkdir(parents=True, exist_ok=True)
+            (experiment / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+        if resumed:
+            # restore() brings back the callback pickled with the experiment; show this run's view instead
+            tuner._local_tuner.get_run_config().callbacks = [view]
+        with GracefulStop() as stop:
+            grid = tuner.fit()
+        if stop.requested:
+            raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
+        trials = [_trial(r, cfg.epochs, search.time_budget_s, started) for r in grid]
+        done = [t for t in trials if t.val_acc is not None]
+        if not done:
+            raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
+                           f"see {experiment} for each trial's error")
+        best_result = grid.get_best_result(METRIC, MODE, scope="all")
+        best = next(t for t in trials if t.trial_id == best_result.metrics["trial_id"])
+        with best_result.checkpoint.as_directory() as folder:
+            state = checkpoint.load(Path(folder))
+    finally:
+        ray.shutdown()
+    return _export(cfg, state, best, trials, output, str(experiment), resumed, time.perf_counter() - started)
+
+
+class GracefulStop:
+    """The first Ctrl-C or SIGTERM asks Ray Tune to stop and save the experiment (Ray stops on SIGUSR1);
+    a second one stops at once. Afterwards `requested` says whether the search was cut short."""
+
+    def __init__(self):
+        self.requested = False
+        self.old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        say("stopping: saving the experiment so that the same command resumes it (Ctrl-C again to stop at once)")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"  # short and stable: the sampled values are in trials.csv
+
+
+def _multi_node() -> int:
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive) if len(alive) > 1 else 0
+
+
+def _trial(result, max_epochs: int, budget: float | None, started: float) -> Trial:
+    df = result.metrics_dataframe
+    history = [] if df is None or METRIC not in df else df[[c for c in df.columns if c in (
+        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_f1_macro", "lr", "epoch_s", "images_per_s")]].to_dict("records")
+    config = result.config or {}
+    epochs = len(history)
+    best = max(history, key=lambda h: h[METRIC]) if history else None
+    if result.error:
+        status, error = "errored", str(result.error).strip().splitlines()[-1][:300]
+    elif epochs >= max_epochs:
+        status, error = "completed", ""
+    elif budget and time.perf_counter() - started >= budget:
+        status, error = "stopped (time budget)", ""
+    else:
+        status, error = "stopped early (ASHA)", ""
+    return Trial(
+        trial_id=(result.metrics or {}).get("trial_id", result.path.rsplit("/", 1)[-1]),
+        lr=config.get("lr", math.nan), step_size=config.get("step_size", 0), gamma=config.get("gamma", math.nan),
+        epochs=epochs, val_acc=best[METRIC] if best else None, best_epoch=int(best["epoch"]) if best else None,
+        status=status, error=error, history=history,
+    )
+
+
+def _export(cfg: TrainConfig, state: dict, best: Trial, trials: list[Trial], output: Path, experiment: str,
+            resumed: bool, seconds: float) -> Outcome:
+    """The best trial's best epoch as the same bundle `job train` writes, plus trials.csv/json and the plot."""
+    trial_cfg = dataclasses.replace(cfg, lr=best.lr, step_size=best.step_size, gamma=best.gamma)
+    s_classes, prep = tuple(state["classes"]), state["preprocessing"]
+    weights = state["best_model"] if state["best_model"] is not None else state["model"]
+    metrics = next(h for h in best.history if int(h["epoch"]) == state["best_epoch"])
+    from job.data import Preprocessing
+
+    folder = bundle.write(output / bundle.BEST_DIR, weights, model_name=cfg.model, classes=s_classes,
+                          prep=Preprocessing.from_dict(prep), config=trial_cfg.to_dict(), metrics=metrics,
+                          best_epoch=state["best_epoch"], data_fingerprint=state["data_fingerprint"])
+    report.write_history(output, best.history)
+    report.write_trials(output, [dataclasses.asdict(t) for t in trials])
+    report.plot_trials(output / "trials.png", [dataclasses.asdict(t) for t in trials], best.trial_id)
+    (output / run.RUN_FILE).write_text(json.dumps({
+        "status": "done", "experiment": experiment, "best_trial": best.trial_id, "best": metrics,
+        "config": trial_cfg.to_dict(), "versions": bundle.versions()}, indent=2))
+    return Outcome(output, experiment, best, trials, folder, resumed, seconds)
+
+
+def say(line: str) -> None:
+    """Progress lines go to stderr; a module-level function, so the callback that holds it pickles with the experiment."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _progress(num_samples: int, epochs: int, enabled: bool):
+    """A compact view of the search instead of Ray's tables: one line per reported epoch and per ended trial."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def __init__(self):
+            self.started = time.monotonic()
+            self.best: tuple[float, str] = (-1.0, "")
+            self.ended: set[str] = set()
+            self.errored: set[str] = set()
+
+        def _line(self, trials, text: str) -> None:
+            if not enabled:
+                return
+            running = sum(t.status == "RUNNING" and t.trial_id not in self.ended | self.errored for t in trials)
+            ended = len(self.ended | {t.trial_id for t in trials if t.status == "TERMINATED"})
+            errored = len(self.errored)
+            best = f"best {self.best[0]:.4f} ({self.best[1]})" if self.best[1] else "best -"
+            say(f"[{time.monotonic() - self.started:5.0f}s] {text} | {running} running, "
+                f"{ended}/{num_samples} ended, {errored} errored | {best}")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            acc = result.get(METRIC, -1.0)
+            if acc > self.best[0]:
+                self.best = (acc, trial.trial_id)
+            c = trial.config
+            self._line(trials, f"{trial.trial_id} lr {c['lr']:.2e} step {c['step_size']} gamma {c['gamma']:.2f} "
+                               f"epoch {result.get('epoch')}/{epochs} val_acc {acc:.4f}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            done = trial.last_result.get("epoch", 0)
+            self.ended.add(trial.trial_id)
+            self._line(trials, f"{trial.trial_id} {'completed' if done >= epochs else f'stopped after epoch {done}'}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.errored.add(trial.trial_id)
+            self._line(trials, f"{trial.trial_id} errored")
+
+    return Progress()
+
+
+def summary_lines(o: Outcome) -> list[str]:
+    counts = {}
+    for t in o.trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    return [
+        f"job tune: done in {o.seconds:.0f}s{' (resumed)' if o.resumed else ''}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items()),
+        f"best trial {o.best.trial_id}: val_acc {o.best.val_acc:.4f} at epoch {o.best.best_epoch} "
+        f"(lr {o.best.lr:.3g}, step_size {o.best.step_size}, gamma {o.best.gamma:.3f})",
+    ]
+
