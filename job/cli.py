@@ -71,6 +71,14 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--json", action="store_true", help="the result as JSON on stdout, no progress")
 
 
+class _Searched(argparse.Action):
+    """`job tune --lr X`: the value is searched, so say which flag sets its range."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flag = option_string.lstrip("-")
+        parser.error(f"job tune samples {flag.replace('-', '_')}: set its range with --{flag}-range MIN,MAX")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="job", description="Fine-tune a pretrained image classifier on a folder of images.")
     parser.add_argument("--version", action="version", version=f"job {__version__}")
@@ -86,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="search lr, step_size and gamma with Ray Tune (Optuna TPE + ASHA); export the best")
     _add_config_flags(p, skip=SEARCHED)
+    for key in SEARCHED:
+        p.add_argument("--" + key.replace("_", "-"), action=_Searched, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for key, help in TUNE_FLAGS.items():
         flag = "--time-budget" if key == "time_budget_s" else "--" + key.replace("_", "-")
         p.add_argument(flag, dest=key, default=argparse.SUPPRESS, metavar="X", help=help)
@@ -204,6 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _public(trial) -> dict:
+    """A trial as the user sees it in --json: no per-epoch history (that is in trials.json), no Ray folder."""
+    return {k: v for k, v in dataclasses.asdict(trial).items() if k not in ("history", "folder")}
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from job import config
 
@@ -226,11 +241,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: the experiment is saved under {search.storage}/{search.name}; "
                           "run the same command again to resume it") from None
-    trials = [dataclasses.asdict(t) | {"history": None} for t in outcome.trials]
+    trials = [_public(t) for t in outcome.trials]
     if args.json:
         print(json.dumps({"output": str(outcome.output), "bundle": str(outcome.bundle), "experiment": outcome.experiment,
                           "resumed": outcome.resumed, "seconds": round(outcome.seconds, 1),
-                          "best": dataclasses.asdict(outcome.best) | {"history": None}, "trials": trials}, indent=2))
+                          "best": _public(outcome.best), "trials": trials}, indent=2))
         return 0
     print("\n".join(tune.summary_lines(outcome)))
     if not args.quiet:

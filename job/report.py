@@ -125,7 +125,7 @@ class TqdmBar:
         self.bar.close()
 
 
-TRIAL_COLUMNS = ("trial_id", "lr", "step_size", "gamma", "epochs", "val_acc", "best_epoch", "status", "error")
+TRIAL_COLUMNS = ("number", "trial_id", "lr", "step_size", "gamma", "epochs", "val_acc", "best_epoch", "status", "error")
 
 
 def write_trials(output: Path, trials: list[dict]) -> None:

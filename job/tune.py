@@ -37,6 +37,7 @@ RUNTIME_KEYS = {"time_budget_s", "max_concurrent", "cpus_per_trial", "gpus_per_t
 class Trial:
     """One row of trials.csv."""
 
+    number: int  # creation order
     trial_id: str
     lr: float
     step_size: int
@@ -47,6 +48,13 @@ class Trial:
     status: str  # completed | stopped early (ASHA) | stopped (time budget) | errored
     error: str
     history: list[dict] = dataclasses.field(repr=False, default_factory=list)
+    folder: str = dataclasses.field(repr=False, default="")
+
+
+def _rank(t: Trial) -> tuple:
+    """Best val_acc over all epochs; ties go to the lower val_loss at that epoch, then to the earlier trial."""
+    at_best = next(h for h in t.history if int(h["epoch"]) == t.best_epoch)
+    return (t.val_acc, -at_best["val_loss"], -t.number)
 
 
 @dataclasses.dataclass
@@ -266,14 +274,14 @@ def search(cfg: TrainConfig, search: SearchConfig, output: Path, *, restart: boo
             grid = tuner.fit()
         if stop.requested:
             raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
-        trials = [_trial(r, cfg.epochs, search.time_budget_s, started) for r in grid]
+        results = {Path(r.path).name: r for r in grid}
+        trials = sorted((_trial(r, cfg.epochs, search.time_budget_s, started) for r in grid), key=lambda t: t.number)
         done = [t for t in trials if t.val_acc is not None]
         if not done:
             raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
                            f"see {experiment} for each trial's error")
-        best_result = grid.get_best_result(METRIC, MODE, scope="all")
-        best = next(t for t in trials if t.trial_id == best_result.metrics["trial_id"])
-        with best_result.checkpoint.as_directory() as folder:
+        best = max(done, key=_rank)
+        with results[best.folder].checkpoint.as_directory() as folder:
             state = checkpoint.load(Path(folder))
     finally:
         ray.shutdown()
@@ -306,7 +314,9 @@ class GracefulStop:
 
 
 def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"  # short and stable: the sampled values are in trials.csv
+    """trial_<number>_<id>: short, in creation order; the sampled values are in trials.csv."""
+    number = trial.experiment_tag.split("_", 1)[0]
+    return f"trial_{int(number) if number.isdigit() else 0:03d}_{trial.trial_id}"
 
 
 def _multi_node() -> int:
@@ -331,8 +341,10 @@ def _trial(result, max_epochs: int, budget: float | None, started: float) -> Tri
         status, error = "stopped (time budget)", ""
     else:
         status, error = "stopped early (ASHA)", ""
+    folder = Path(result.path).name  # trial_<number>_<id>
+    _, number, trial_id = (folder.split("_", 2) + ["0", folder])[:3]
     return Trial(
-        trial_id=(result.metrics or {}).get("trial_id", result.path.rsplit("/", 1)[-1]),
+        number=int(number) if number.isdigit() else 0, trial_id=trial_id, folder=folder,
         lr=config.get("lr", math.nan), step_size=config.get("step_size", 0), gamma=config.get("gamma", math.nan),
         epochs=epochs, val_acc=best[METRIC] if best else None, best_epoch=int(best["epoch"]) if best else None,
         status=status, error=error, history=history,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def assert_error(result: subprocess.CompletedProcess, code: int, *fragments: str
     """A known error: one line on stderr naming the problem, the given exit code, no traceback."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("job: error:")]
+    lines = [line for line in result.stderr.splitlines() if re.match(r"job( \w+)?: error:", line)]  # ours or argparse's
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])

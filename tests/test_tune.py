@@ -1,0 +1,177 @@
+"""`job tune` end to end: real Ray Tune searches with Optuna and ASHA, through the real CLI."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from tests.conftest import assert_error, make_folder, run_job
+
+# Small real images, a real model at 32 px: each epoch takes well under a second, so the cost is Ray's.
+TINY = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
+SEARCH = [*TINY, "--epochs", "4", "--num-samples", "6", "--lr-range", "0.00001,0.3", "--set", "startup_trials=3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("tune-data"), classes=3, per_class=24)
+
+
+@pytest.fixture(scope="module")
+def searched(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    r = run_job("tune", "--data", data, *SEARCH, "--storage", root / "ray", "--output", root / "out", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, json.loads(r.stdout), r.stderr
+
+
+def test_search_runs_every_trial_and_asha_stops_some_early(searched):
+    root, result, log = searched
+    trials = result["trials"]
+    assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6
+    stopped = [t for t in trials if t["status"] == "stopped early (ASHA)"]
+    assert stopped and all(t["epochs"] < 4 for t in stopped), trials
+    assert any(t["status"] == "completed" and t["epochs"] == 4 for t in trials), trials
+    assert all(1e-5 <= t["lr"] <= 0.3 and 1 <= t["step_size"] <= 4 and 0.05 <= t["gamma"] <= 0.9 for t in trials)
+    assert result["best"]["val_acc"] == max(t["val_acc"] for t in trials if t["val_acc"] is not None)
+    assert "Traceback" not in log and "Trial status" not in log  # no Ray tables, no tracebacks
+
+
+def test_trials_csv_json_and_plot(searched):
+    root, result, _ = searched
+    out = root / "out"
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert [r["trial_id"] for r in rows] == [t["trial_id"] for t in result["trials"]]
+    assert set(rows[0]) >= {"lr", "step_size", "gamma", "epochs", "val_acc", "status", "error"}
+    trials = json.loads((out / "trials.json").read_text())
+    assert all(len(t["history"]) == t["epochs"] for t in trials)
+    assert (out / "trials.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_best_bundle_evaluates_to_the_reported_accuracy(searched, data, tmp_path):
+    root, result, _ = searched
+    manifest = json.loads((root / "out" / "best" / "bundle.json").read_text())
+    best = result["best"]
+    assert manifest["config"]["lr"] == best["lr"] and manifest["best_epoch"] == best["best_epoch"]
+    assert manifest["metrics"]["val_acc"] == best["val_acc"]
+    # evaluate on exactly the validation split the search used: the same seeded split of the same folder
+    from job import data as jobdata
+
+    folder = jobdata.scan(data, val_fraction=0.2, seed=0)
+    val = tmp_path / "val"
+    for f, label in zip(folder.val.files, folder.val.labels):
+        (val / folder.classes[label]).mkdir(parents=True, exist_ok=True)
+        (val / folder.classes[label] / f.name).write_bytes(f.read_bytes())
+    r = run_job("evaluate", root / "out", "--data", val, "--output", tmp_path / "ev", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["val_acc"] == pytest.approx(best["val_acc"])
+
+
+def test_rerun_of_a_finished_search_exports_again_without_training(searched, data):
+    root, result, _ = searched
+    r = run_job("tune", "--data", data, *SEARCH, "--storage", root / "ray", "--output", root / "out", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads(r.stdout)
+    assert again["resumed"] and again["best"]["trial_id"] == result["best"]["trial_id"]
+    assert " epoch " not in r.stderr  # no trial reported a new epoch
+
+
+def _ended_trials(line: str) -> str | None:
+    """The trial id in a progress line such as '[   21s] c9d7ccb4 stopped after epoch 2 | ...'."""
+    m = re.match(r"\[\s*\d+s\] (\w+) (completed|stopped after)", line)
+    return m.group(1) if m else None
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(data, tmp_path):
+    """SIGKILL to the whole process group, as when a pod dies, then the same command finishes the search."""
+    args = ["tune", "--data", str(data), *SEARCH, "--storage", str(tmp_path / "ray"), "--output", str(tmp_path / "out")]
+    proc = subprocess.Popen([sys.executable, "-m", "job", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    ended, deadline = [], time.monotonic() + 400
+    for line in proc.stderr:
+        if _ended_trials(line):
+            ended.append(_ended_trials(line))
+        if len(ended) >= 2 or time.monotonic() > deadline:
+            break
+    time.sleep(1.5)  # let the experiment snapshot (every second) record them
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(ended) >= 2, "the search did not get far enough before the deadline"
+
+    r = run_job(*args, "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["resumed"] and len(result["trials"]) == 6
+    rerun = [t for t in ended if f"{t} lr" in r.stderr]
+    assert not rerun, f"finished trials reported epochs again: {rerun}"
+
+
+def test_interrupt_saves_the_experiment_and_the_same_command_resumes(data, tmp_path):
+    args = ["tune", "--data", str(data), *TINY, "--epochs", "2", "--num-samples", "3",
+            "--storage", str(tmp_path / "ray"), "--output", str(tmp_path / "out")]
+    proc = subprocess.Popen([sys.executable, "-m", "job", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:
+        if " epoch " in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == EXIT_INTERRUPTED, err
+    assert "run the same command again to resume it" in err and "Traceback" not in err
+    r = run_job(*args, "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["resumed"] and len(json.loads(r.stdout)["trials"]) == 3
+
+
+def test_a_diverging_trial_errors_with_its_reason_and_the_search_goes_on(data, tmp_path):
+    r = run_job("tune", "--data", data, *TINY, "--epochs", "1", "--num-samples", "3", "--lr-range", "0.01,1e13",
+                "--set", "startup_trials=3", "--set", "max_failures=0", "--storage", tmp_path / "ray",
+                "--output", tmp_path / "out", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = json.loads(r.stdout)["trials"]
+    errored = [t for t in trials if t["status"] == "errored"]
+    assert errored and all("diverged" in t["error"] and "lower lr" in t["error"] for t in errored), trials
+    assert any(t["status"] == "completed" for t in trials), trials
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--lr-range", "0.1,0.001"], ["lr_range = 0.1,0.001 is empty or inverted"]),
+        (["--gamma-range", "0.5,0.5"], ["gamma_range = 0.5,0.5 is empty or inverted"]),
+        (["--step-size-range", "3,1"], ["step_size_range = 3,1"]),
+        (["--num-samples", "0"], ["num_samples = 0", ">= 1"]),
+        (["--gpus-per-trial", "1"], ["gpus_per_trial = 1", "0 GPU"]),
+        (["--storage", "/etc/hostname/ray"], ["storage '/etc/hostname/ray' is not writable"]),
+        (["--lr", "0.1"], ["job tune samples lr: set its range with --lr-range MIN,MAX"]),
+    ],
+)
+def test_bad_search_settings_fail_before_any_trial(data, tmp_path, flags, fragments):
+    r = run_job("tune", "--data", data, *TINY, "--output", tmp_path / "out", "--storage", tmp_path / "ray", *flags)
+    assert_error(r, EXIT_BAD_INPUT, *fragments)
+    assert not (tmp_path / "ray" / "job-tune").exists() or not any((tmp_path / "ray" / "job-tune").glob("trial_*"))
+
+
+def test_unreachable_ray_address_fails_fast(data, tmp_path):
+    started = time.monotonic()
+    r = run_job("tune", "--data", data, *TINY, "--storage", tmp_path / "ray", "--output", tmp_path / "o",
+                env={"RAY_ADDRESS": "127.0.0.1:9"})
+    assert_error(r, EXIT_BAD_INPUT, "RAY_ADDRESS=127.0.0.1:9", "unset RAY_ADDRESS")
+    assert time.monotonic() - started < 60
+
+
+def test_changed_settings_do_not_silently_resume(searched, data):
+    root, _, _ = searched
+    r = run_job("tune", "--data", data, *SEARCH, "--epochs", "3", "--storage", root / "ray", "--output", root / "out2")
+    assert_error(r, EXIT_BAD_INPUT, "started with other settings (epochs", "--restart")
+
+
+def test_help_and_train_never_import_ray():
+    code = "import sys, job.cli, job.run; job.cli.build_parser(); assert 'ray' not in sys.modules and 'optuna' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
