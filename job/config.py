@@ -117,11 +117,15 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
         return None
     want = typing.get_origin(base) or base
     if want is tuple:
-        n = len(base.__args__)
+        n, kinds = len(base.__args__), base.__args__
+        example = ",".join(["0.5"] * n if kinds[0] is float else ["1"] * n)
+        wrong = BadInput(f"{key} = {value!r} in {source}: give {n} {'numbers' if kinds[0] is float else 'integers'}, e.g. {key} = {example}")
         if not isinstance(value, (list, tuple)) or len(value) != n:
-            example = ",".join(["0.5"] * n if base.__args__[0] is float else ["1"] * n)
-            raise BadInput(f"{key} = {value!r} in {source}: give {n} numbers, e.g. {key} = {example}")
-        return tuple(_coerce_scalar(cls, key, v, t, source) for v, t in zip(value, base.__args__))
+            raise wrong
+        try:
+            return tuple(_coerce_scalar(cls, key, v, t, source) for v, t in zip(value, kinds))
+        except BadInput:
+            raise wrong from None
     return _coerce_scalar(cls, key, value, base, source)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from job import bundle, checkpoint, report, run
 from job.config import SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
+from job.metrics import EPOCH_METRICS
 
 METRIC, MODE = "val_acc", "max"
 SETTINGS_FILE = "job-tune.json"  # beside Ray's files in the experiment folder: what the search was started with
@@ -275,7 +276,8 @@ def search(cfg: TrainConfig, search: SearchConfig, output: Path, *, restart: boo
         if stop.requested:
             raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
         results = {Path(r.path).name: r for r in grid}
-        trials = sorted((_trial(r, cfg.epochs, search.time_budget_s, started) for r in grid), key=lambda t: t.number)
+        cut = view.active if search.time_budget_s else set()  # still running when the budget ran out
+        trials = sorted((_trial(r, cfg.epochs, cut) for r in grid), key=lambda t: t.number)
         done = [t for t in trials if t.val_acc is not None]
         if not done:
             raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
@@ -326,27 +328,26 @@ def _multi_node() -> int:
     return len(alive) if len(alive) > 1 else 0
 
 
-def _trial(result, max_epochs: int, budget: float | None, started: float) -> Trial:
+def _trial(result, max_epochs: int, cut_by_budget: set[str]) -> Trial:
+    folder = Path(result.path).name  # trial_<number>_<id>, see _trial_dirname
+    _, number, trial_id = (folder.split("_", 2) + ["0", folder])[:3]
     df = result.metrics_dataframe
-    history = [] if df is None or METRIC not in df else df[[c for c in df.columns if c in (
-        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_f1_macro", "lr", "epoch_s", "images_per_s")]].to_dict("records")
-    config = result.config or {}
-    epochs = len(history)
-    best = max(history, key=lambda h: h[METRIC]) if history else None
+    columns = [c for c in ("epoch", *EPOCH_METRICS) if df is not None and c in df]
+    history = df[columns].to_dict("records") if df is not None and METRIC in df else []
+    best = max(history, key=lambda h: h[METRIC]) if history else None  # the first of equals, as Fit keeps it
     if result.error:
         status, error = "errored", str(result.error).strip().splitlines()[-1][:300]
-    elif epochs >= max_epochs:
+    elif len(history) >= max_epochs:
         status, error = "completed", ""
-    elif budget and time.perf_counter() - started >= budget:
+    elif trial_id in cut_by_budget:
         status, error = "stopped (time budget)", ""
     else:
         status, error = "stopped early (ASHA)", ""
-    folder = Path(result.path).name  # trial_<number>_<id>
-    _, number, trial_id = (folder.split("_", 2) + ["0", folder])[:3]
+    config = result.config or {}
     return Trial(
         number=int(number) if number.isdigit() else 0, trial_id=trial_id, folder=folder,
         lr=config.get("lr", math.nan), step_size=config.get("step_size", 0), gamma=config.get("gamma", math.nan),
-        epochs=epochs, val_acc=best[METRIC] if best else None, best_epoch=int(best["epoch"]) if best else None,
+        epochs=len(history), val_acc=best[METRIC] if best else None, best_epoch=int(best["epoch"]) if best else None,
         status=status, error=error, history=history,
     )
 
@@ -387,6 +388,7 @@ def _progress(num_samples: int, epochs: int, enabled: bool):
             self.best: tuple[float, str] = (-1.0, "")
             self.ended: set[str] = set()
             self.errored: set[str] = set()
+            self.active: set[str] = set()  # started (or continued) in this run and not ended yet
 
         def _line(self, trials, text: str) -> None:
             if not enabled:
@@ -409,10 +411,15 @@ def _progress(num_samples: int, epochs: int, enabled: bool):
         def on_trial_complete(self, iteration, trials, trial, **info):
             done = trial.last_result.get("epoch", 0)
             self.ended.add(trial.trial_id)
+            self.active.discard(trial.trial_id)
             self._line(trials, f"{trial.trial_id} {'completed' if done >= epochs else f'stopped after epoch {done}'}")
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.active.add(trial.trial_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.errored.add(trial.trial_id)
+            self.active.discard(trial.trial_id)
             self._line(trials, f"{trial.trial_id} errored")
 
     return Progress()

@@ -72,3 +72,36 @@ def test_bad_file(tmp_path):
 
 def test_describe_covers_every_key():
     assert [row[0] for row in config.describe()] == [f.name for f in dataclasses.fields(config.TrainConfig)]
+
+
+def test_search_settings_come_from_the_tune_table_env_and_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('epochs = 6\n[tune]\nnum_samples = 12\nlr_range = [0.001, 0.5]\nstep_size_range = [1, 3]\n')
+    env = {"JOB_TUNE_GAMMA_RANGE": "0.1,0.5", "JOB_EPOCHS": "7"}
+    search = config.resolve(f, env=env, overrides={"num_samples": "16"}, cls=config.SearchConfig)
+    assert (search.num_samples, search.lr_range, search.step_size_range, search.gamma_range) == (16, (0.001, 0.5), (1, 3), (0.1, 0.5))
+    assert config.resolve(f, env=env).epochs == 7  # the [tune] table and JOB_TUNE_* do not leak into training
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"lr_range": "0.1,0.01"}, "lr_range = 0.1,0.01 is empty or inverted"),
+        ({"lr_range": "0,0.01"}, "lr_range = 0,0.01 is empty or inverted"),
+        ({"gamma_range": "0.2,1.5"}, "gamma_range max 1.5 is above 1"),
+        ({"step_size_range": "4,2"}, "step_size_range = 4,2 is empty or inverted"),
+        ({"step_size_range": "1.5,2"}, "give 2 integers, e.g. step_size_range = 1,1"),
+        ({"num_samples": "0"}, "num_samples = 0 is out of range"),
+        ({"reduction_factor": "1"}, "reduction_factor = 1"),
+        ({"name": "../x"}, "is not a plain folder name"),
+    ],
+)
+def test_bad_search_settings_name_the_key(overrides, fragment):
+    with pytest.raises(BadInput) as e:
+        config.resolve(env={}, overrides=overrides, cls=config.SearchConfig)
+    assert fragment in str(e.value)
+
+
+def test_unknown_search_env_var_suggests_the_right_one():
+    with pytest.raises(BadInput, match="unknown environment variable JOB_NUM_SAMPLES: did you mean JOB_TUNE_NUM_SAMPLES"):
+        config.resolve(env={"JOB_NUM_SAMPLES": "4"})
