@@ -132,13 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace, base: dict | None = None):
-    """Flags over environment over file over defaults; a resumed run takes only its checkpoint's config and flags."""
+def resolve_config(args: argparse.Namespace, cls=None, base: dict | None = None):
+    """Flags over environment over file over defaults; a resumed run takes only its checkpoint's config and flags.
+
+    `job tune` resolves two sections (training, search) from the same sources; its --set pairs go to the section
+    that has the key. `job train` knows only training keys, so a search key there is an error.
+    """
     from job import config
 
-    flags = {k: getattr(args, k) for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k)}
+    cls = cls or config.TrainConfig
+    names = list(TUNE_FLAGS) if cls is config.SearchConfig else [*TRAIN_FLAGS, *BOOL_FLAGS]
+    flags = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    sets = config.parse_sets(args.set)
+    if args.command == "tune":
+        sets = config.for_section(cls, sets)
     env = {} if base is not None else None
-    return config.resolve(args.config, env=env, overrides=config.parse_sets(args.set) | flags, base=base)
+    return config.resolve(args.config, env=env, overrides=sets | flags, base=base, cls=cls)
 
 
 def _print_config(cfg, section: str = "") -> None:
@@ -222,12 +231,8 @@ def _public(trial) -> dict:
 def cmd_tune(args: argparse.Namespace) -> int:
     from job import config
 
-    sets = config.parse_sets(args.set)
-    train_flags = {k: getattr(args, k) for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k)}
-    cfg = config.resolve(args.config, overrides=config.for_section(config.TrainConfig, sets) | train_flags)
-    search_flags = {k: getattr(args, k) for k in TUNE_FLAGS if hasattr(args, k)}
-    search = config.resolve(args.config, overrides=config.for_section(config.SearchConfig, sets) | search_flags,
-                            cls=config.SearchConfig)
+    cfg = resolve_config(args)
+    search = resolve_config(args, config.SearchConfig)
     if args.print_config:
         _print_config(cfg)
         _print_config(search, config.SearchConfig.SECTION)
@@ -249,9 +254,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     print("\n".join(tune.summary_lines(outcome)))
     if not args.quiet:
-        rows = [[t["trial_id"], t["lr"], t["step_size"], t["gamma"], t["epochs"],
+        rows = [[t["number"], t["trial_id"], t["lr"], t["step_size"], t["gamma"], t["epochs"],
                  t["val_acc"] if t["val_acc"] is not None else "-", t["status"]] for t in trials]
-        print(report.table(rows, ["trial", "lr", "step_size", "gamma", "epochs", "val_acc", "status"]))
+        print(report.table(rows, ["#", "trial", "lr", "step_size", "gamma", "epochs", "val_acc", "status"]))
         print(f"bundle:  {outcome.bundle}\ntrials:  {output / 'trials.csv'}, {output / 'trials.json'}\n"
               f"plot:    {output / 'trials.png'}\nnext:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
     return 0
@@ -312,7 +317,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from job import config, report
 
-    print(report.table(config.describe(), ["key", "default", "meaning"]))
+    print("Training (job train, and every trial of job tune):\n")
+    print(report.table(config.describe(config.TrainConfig), ["key", "default", "meaning"]))
+    print("\nSearch (job tune; [tune] table in a config file, JOB_TUNE_<KEY> in the environment):\n")
+    print(report.table(config.describe(config.SearchConfig), ["key", "default", "meaning"]))
     print(f"\nSet them in a TOML/YAML file (--config), as {config.ENV_PREFIX}<KEY> environment variables, or with --set KEY=VALUE.")
     return 0
 

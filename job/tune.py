@@ -137,40 +137,40 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                        "check the address, or unset RAY_ADDRESS to run on this machine") from None
 
 
-def _resources(search: SearchConfig, cfg: TrainConfig) -> tuple[dict, int, int]:
+def _resources(search_cfg: SearchConfig, cfg: TrainConfig) -> tuple[dict, int, int]:
     """(resources per trial, torch threads per trial, concurrent trials) from the settings and the cluster."""
     import ray
 
     total = ray.cluster_resources()
     cpus, gpus = int(total.get("CPU", 1)), float(total.get("GPU", 0))
     use_gpu = gpus > 0 and cfg.device != "cpu"
-    per_gpu = search.gpus_per_trial if search.gpus_per_trial is not None else (1.0 if use_gpu else 0.0)
+    per_gpu = search_cfg.gpus_per_trial if search_cfg.gpus_per_trial is not None else (1.0 if use_gpu else 0.0)
     if per_gpu > gpus:
         raise BadInput(f"gpus_per_trial = {per_gpu:g} but the Ray cluster has {gpus:g} GPU(s): lower --gpus-per-trial")
     if per_gpu > 0:
         slots = int(gpus / per_gpu)
     else:
-        slots = search.max_concurrent or min(search.num_samples, max(2, cpus // 4), cpus)
-    concurrent = min(search.max_concurrent or slots, slots, search.num_samples)
-    per_cpu = search.cpus_per_trial or max(1, cpus // max(1, concurrent))
+        slots = search_cfg.max_concurrent or min(search_cfg.num_samples, max(2, cpus // 4), cpus)
+    concurrent = min(search_cfg.max_concurrent or slots, slots, search_cfg.num_samples)
+    per_cpu = search_cfg.cpus_per_trial or max(1, cpus // max(1, concurrent))
     if per_cpu > cpus:
         raise BadInput(f"cpus_per_trial = {per_cpu} but the Ray cluster has {cpus} CPU(s): lower --cpus-per-trial")
     return {"cpu": per_cpu, "gpu": per_gpu}, per_cpu, concurrent
 
 
-def _space(search: SearchConfig, cfg: TrainConfig) -> dict:
+def _space(search_cfg: SearchConfig, cfg: TrainConfig) -> dict:
     from ray import tune
 
-    lo, hi = search.step_size_range or (1, cfg.epochs)
+    lo, hi = search_cfg.step_size_range or (1, cfg.epochs)
     return {
-        "lr": tune.loguniform(*search.lr_range),
+        "lr": tune.loguniform(*search_cfg.lr_range),
         "step_size": tune.randint(lo, hi + 1),  # randint's upper bound is exclusive
-        "gamma": tune.uniform(*search.gamma_range),
+        "gamma": tune.uniform(*search_cfg.gamma_range),
     }
 
 
-def _settings(cfg: TrainConfig, search: SearchConfig) -> dict:
-    return {"train": cfg.to_dict(), "tune": search.to_dict()}
+def _settings(cfg: TrainConfig, search_cfg: SearchConfig) -> dict:
+    return {"train": cfg.to_dict(), "tune": search_cfg.to_dict()}
 
 
 def _check_compatible(experiment: Path, settings: dict) -> None:
@@ -197,97 +197,108 @@ def _check_writable(folder: Path, what: str) -> None:
         raise BadInput(f"{what} '{folder}' is not writable ({e.strerror}): choose a writable location") from None
 
 
-def search(cfg: TrainConfig, search: SearchConfig, output: Path, *, restart: bool = False, progress: bool = True) -> Outcome:
+def search(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, *, restart: bool = False,
+           progress: bool = True) -> Outcome:
     """Run (or resume) the search, then export the best trial's best epoch as a bundle into `output`."""
     started = time.perf_counter()
     note = say if progress else (lambda line: None)
-    storage = Path(search.storage).expanduser().resolve()
-    experiment = storage / search.name
-    settings = _settings(cfg, search)
-    _check_writable(storage, "storage")
-    _check_writable(output, "output folder")
-    if not restart:
-        _check_compatible(experiment, settings)
-    if cfg.step_size < 1 or (search.step_size_range and search.step_size_range[1] > cfg.epochs):
-        raise BadInput(f"step_size_range max {search.step_size_range[1]} is above epochs = {cfg.epochs}: lower it or raise --epochs")
-    if search.grace_period > cfg.epochs:
-        raise BadInput(f"grace_period = {search.grace_period} is above epochs = {cfg.epochs}: lower it or raise --epochs")
-
-    if os.environ.get("RAY_ADDRESS"):
-        _probe(os.environ["RAY_ADDRESS"])
-    # Preflight in the driver: every bad input fails here, before any trial, and the decoded data set lands in
-    # the cache once for every trial on this machine.
-    note("preparing the data set (decoded once, shared by every trial on this machine)")
-    run.setup(cfg, run.cache_dir())
-
+    experiment = _preflight(cfg, search_cfg, output, restart, note)
     _quiet_ray()
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-    import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     _start_ray()
     try:
-        if _multi_node() and not search.storage.startswith("s3://"):
-            raise BadInput(f"the Ray cluster has {_multi_node()} nodes but storage '{search.storage}' is local to one: "
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        if nodes > 1 and not search_cfg.storage.startswith("s3://"):
+            raise BadInput(f"the Ray cluster has {nodes} nodes but storage '{search_cfg.storage}' is local to one: "
                            "pass --storage s3://bucket/prefix so every node can reach the experiment")
-        resources, threads, concurrent = _resources(search, cfg)
         if restart and experiment.exists():
-            shutil.rmtree(experiment)  # only the experiment: storage may hold others
-        resumed = experiment.exists() and tune.Tuner.can_restore(str(experiment))
-        fn = tune.with_resources(
-            tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(run.cache_dir()), threads=threads), resources
-        )
-        view = _progress(search.num_samples, cfg.epochs, progress)
-        if resumed:
-            note(f"resuming experiment {experiment}")
-            tuner = tune.Tuner.restore(str(experiment), fn, resume_unfinished=True, resume_errored=True)
-        else:
-            note(f"new experiment {experiment}: {search.num_samples} trials, {concurrent} at a time, "
-                f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
-            startup = search.startup_trials or min(10, max(2, search.num_samples // 3))
-            sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)
-            tuner = tune.Tuner(
-                fn,
-                param_space=_space(search, cfg),
-                tune_config=tune.TuneConfig(
-                    metric=METRIC, mode=MODE, num_samples=search.num_samples,
-                    search_alg=OptunaSearch(sampler=sampler),
-                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
-                                            grace_period=search.grace_period, reduction_factor=search.reduction_factor),
-                    max_concurrent_trials=concurrent, time_budget_s=search.time_budget_s, reuse_actors=True,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=search.name, storage_path=str(storage), verbose=0, callbacks=[view],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
-                    failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                ),
-            )
-            experiment.mkdir(parents=True, exist_ok=True)
-            (experiment / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-        if resumed:
-            # restore() brings back the callback pickled with the experiment; show this run's view instead
-            tuner._local_tuner.get_run_config().callbacks = [view]
+            shutil.rmtree(experiment)  # only this experiment (checked to be one of ours): storage may hold others
+        view = _progress(search_cfg.num_samples, cfg.epochs, progress)
+        tuner, resumed = _tuner(cfg, search_cfg, experiment, view, note)
         with GracefulStop() as stop:
             grid = tuner.fit()
         if stop.requested:
             raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
-        results = {Path(r.path).name: r for r in grid}
-        cut = view.active if search.time_budget_s else set()  # still running when the budget ran out
+        cut = view.active if search_cfg.time_budget_s else set()  # still running when the budget ran out
         trials = sorted((_trial(r, cfg.epochs, cut) for r in grid), key=lambda t: t.number)
         done = [t for t in trials if t.val_acc is not None]
         if not done:
             raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
                            f"see {experiment} for each trial's error")
         best = max(done, key=_rank)
-        with results[best.folder].checkpoint.as_directory() as folder:
+        with next(r for r in grid if Path(r.path).name == best.folder).checkpoint.as_directory() as folder:
             state = checkpoint.load(Path(folder))
     finally:
         ray.shutdown()
     return _export(cfg, state, best, trials, output, str(experiment), resumed, time.perf_counter() - started)
+
+
+def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, restart: bool, note) -> Path:
+    """Every check that can fail before Ray starts; returns the experiment folder."""
+    storage = Path(search_cfg.storage).expanduser().resolve()
+    experiment = storage / search_cfg.name
+    _check_writable(storage, "storage")
+    _check_writable(output, "output folder")
+    if experiment.is_dir() and any(experiment.iterdir()) and not (experiment / SETTINGS_FILE).is_file():
+        raise BadInput(f"'{experiment}' exists but is not a job tune experiment: pick another --name or --storage")
+    if not restart:
+        _check_compatible(experiment, _settings(cfg, search_cfg))
+    if search_cfg.step_size_range and search_cfg.step_size_range[1] > cfg.epochs:
+        raise BadInput(f"step_size_range max {search_cfg.step_size_range[1]} is above epochs = {cfg.epochs}: lower it or raise --epochs")
+    if search_cfg.grace_period > cfg.epochs:
+        raise BadInput(f"grace_period = {search_cfg.grace_period} is above epochs = {cfg.epochs}: lower it or raise --epochs")
+    if os.environ.get("RAY_ADDRESS"):
+        _probe(os.environ["RAY_ADDRESS"])
+    # The whole data path runs once in the driver: bad data fails here, before any trial, and the decoded data
+    # set lands in the cache once for every trial on this machine.
+    # On the CPU: the driver may run where the trials' GPUs are not (a KubeRay head node), and needs none.
+    note("preparing the data set (decoded once, shared by every trial on this machine)")
+    run.setup(dataclasses.replace(cfg, device="cpu"), run.cache_dir())
+    return experiment
+
+
+def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Path, view, note):
+    """A new Tuner, or the saved one when the experiment can be resumed; (tuner, resumed)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    resources, threads, concurrent = _resources(search_cfg, cfg)
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(run.cache_dir()), threads=threads), resources
+    )
+    if experiment.exists() and tune.Tuner.can_restore(str(experiment)):
+        note(f"resuming experiment {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), fn, resume_unfinished=True, resume_errored=True)
+        # restore() brings back the callback pickled with the experiment; show this run's view instead
+        tuner._local_tuner.get_run_config().callbacks = [view]
+        return tuner, True
+    note(f"new experiment {experiment}: {search_cfg.num_samples} trials, {concurrent} at a time, "
+         f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
+    startup = search_cfg.startup_trials or min(10, max(2, search_cfg.num_samples // 3))
+    tuner = tune.Tuner(
+        fn,
+        param_space=_space(search_cfg, cfg),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=search_cfg.num_samples,
+            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+                                    grace_period=search_cfg.grace_period, reduction_factor=search_cfg.reduction_factor),
+            max_concurrent_trials=concurrent, time_budget_s=search_cfg.time_budget_s, reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=search_cfg.name, storage_path=str(experiment.parent), verbose=0, callbacks=[view],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
+            failure_config=tune.FailureConfig(max_failures=search_cfg.max_failures),
+        ),
+    )
+    experiment.mkdir(parents=True, exist_ok=True)
+    (experiment / SETTINGS_FILE).write_text(json.dumps(_settings(cfg, search_cfg), indent=2))
+    return tuner, False
 
 
 class GracefulStop:
@@ -319,13 +330,6 @@ def _trial_dirname(trial) -> str:
     """trial_<number>_<id>: short, in creation order; the sampled values are in trials.csv."""
     number = trial.experiment_tag.split("_", 1)[0]
     return f"trial_{int(number) if number.isdigit() else 0:03d}_{trial.trial_id}"
-
-
-def _multi_node() -> int:
-    import ray
-
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    return len(alive) if len(alive) > 1 else 0
 
 
 def _trial(result, max_epochs: int, cut_by_budget: set[str]) -> Trial:
