@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -14,14 +15,17 @@ from job.metrics import EPOCH_METRICS, Tally
 
 
 def write_history(output: Path, history: list[dict[str, float]]) -> None:
-    _atomic_write(output / "history.json", json.dumps(history, indent=2) + "\n")
-    columns = ["epoch", *[m for m in EPOCH_METRICS if any(m in h for h in history)]]
-    tmp = output / ".history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, output / "history.csv")
+    _write_table(output, "history", history, ["epoch", *[m for m in EPOCH_METRICS if any(m in h for h in history)]])
+
+
+def _write_table(output: Path, name: str, rows: list[dict], columns: Sequence[str]) -> None:
+    """NAME.json (the rows whole) and NAME.csv (the given columns), each written atomically."""
+    _atomic_write(output / f"{name}.json", json.dumps(rows, indent=2) + "\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(output / f"{name}.csv", text.getvalue())
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -130,13 +134,7 @@ TRIAL_COLUMNS = ("number", "trial_id", "lr", "step_size", "gamma", "epochs", "va
 
 def write_trials(output: Path, trials: list[dict]) -> None:
     """trials.json (with each trial's history) and trials.csv (one row per trial)."""
-    _atomic_write(output / "trials.json", json.dumps(trials, indent=2) + "\n")
-    tmp = output / ".trials.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TRIAL_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(trials)
-    os.replace(tmp, output / "trials.csv")
+    _write_table(output, "trials", trials, TRIAL_COLUMNS)
 
 
 def plot_trials(path: Path, trials: list[dict], best_id: str) -> None:

@@ -96,13 +96,18 @@ def check_output(output: Path, overwrite: bool) -> None:
             f"output folder '{output}' already holds a run: pass --overwrite to replace it, "
             f"--resume {output} to continue it, or choose another --output"
         )
+    ensure_writable(output, "output folder")
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Create `folder` and write and delete a probe file in it, so a read-only place fails before any work."""
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".job-write-probe"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".job-write-probe"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise BadInput(f"output folder '{output}' is not writable ({e.strerror}): choose a writable --output") from None
+        raise BadInput(f"{what} '{folder}' is not writable ({e.strerror}): choose a writable location") from None
 
 
 def check_tune_output(output: Path, experiment: str, overwrite: bool) -> None:

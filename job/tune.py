@@ -187,16 +187,6 @@ def _check_compatible(experiment: Path, settings: dict) -> None:
                        "resume it with the same settings, pass --restart to start it over, or pick another --name")
 
 
-def _check_writable(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".job-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise BadInput(f"{what} '{folder}' is not writable ({e.strerror}): choose a writable location") from None
-
-
 def search(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, *, restart: bool = False,
            progress: bool = True) -> Outcome:
     """Run (or resume) the search, then export the best trial's best epoch as a bundle into `output`."""
@@ -238,8 +228,8 @@ def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, restart
     """Every check that can fail before Ray starts; returns the experiment folder."""
     storage = Path(search_cfg.storage).expanduser().resolve()
     experiment = storage / search_cfg.name
-    _check_writable(storage, "storage")
-    _check_writable(output, "output folder")
+    run.ensure_writable(storage, "storage")
+    run.ensure_writable(output, "output folder")
     if experiment.is_dir() and any(experiment.iterdir()) and not (experiment / SETTINGS_FILE).is_file():
         raise BadInput(f"'{experiment}' exists but is not a job tune experiment: pick another --name or --storage")
     if not restart:
