@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ from torch import nn
 from job import checkpoint
 from job.data import Preprocessing
 from job.errors import BadInput
+from job.files import sha256
 
 FORMAT = "job-bundle/1"
 MANIFEST = "bundle.json"
@@ -47,14 +47,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write(folder: Path, state: dict[str, torch.Tensor], *, model_name: str, classes: tuple[str, ...],
           prep: Preprocessing, config: dict, metrics: dict, best_epoch: int, data_fingerprint: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,7 +66,7 @@ def write(folder: Path, state: dict[str, torch.Tensor], *, model_name: str, clas
         "data_fingerprint": data_fingerprint,
         "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "files": {WEIGHTS: {"size": (folder / WEIGHTS).stat().st_size, "sha256": _sha256(folder / WEIGHTS)}},
+        "files": {WEIGHTS: {"size": (folder / WEIGHTS).stat().st_size, "sha256": sha256(folder / WEIGHTS)}},
     }
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -101,9 +93,27 @@ def read_manifest(folder: Path) -> dict:
         raise BadInput(f"{folder / MANIFEST} is not a {FORMAT} manifest: pass a bundle written by job")
     for name, entry in manifest["files"].items():
         f = folder / name
-        if not f.is_file() or f.stat().st_size != entry["size"] or _sha256(f) != entry["sha256"]:
+        if not f.is_file() or f.stat().st_size != entry["size"] or sha256(f) != entry["sha256"]:
             raise BadInput(f"{f} does not match {MANIFEST} (size or SHA-256): the bundle is incomplete or damaged, export it again")
     return manifest
+
+
+def fetch(url: str, store, cache: Path) -> Path:
+    """Download a bundle (or a run folder's best/) from S3 into the cache; `load` then verifies it."""
+    from job.storage import S3Url
+
+    base = S3Url.parse(url)
+    for candidate in (base, base.join(BEST_DIR)):
+        manifest = store.read_json(candidate.join(MANIFEST))
+        if manifest:
+            break
+    else:
+        raise BadInput(f"{url} holds no {MANIFEST}: pass a finished bundle (the --output of job train or job tune)")
+    local = cache / "s3" / candidate.bucket / candidate.key
+    for name in manifest["files"]:
+        store.download(candidate.join(name), local / name)
+    (local / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return local
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> Bundle:

@@ -61,6 +61,7 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
     for key, help in BOOL_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, action="store_true", default=argparse.SUPPRESS, help=help)
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML or YAML file of settings")
+    p.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting (see `job config`)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="one local training run; writes a bundle, history and plots")
     _add_config_flags(p)
-    p.add_argument("--output", type=Path, metavar="DIR", help="run folder (default: runs/train-<time>)")
+    p.add_argument("--output", metavar="DIR", help="run folder, local or s3://bucket/prefix (default: runs/train-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     p.add_argument("--resume", type=Path, metavar="CKPT", help="continue the run in this folder (or checkpoint.pt)")
     _add_output_flags(p)
@@ -100,29 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--time-budget" if key == "time_budget_s" else "--" + key.replace("_", "-")
         p.add_argument(flag, dest=key, default=argparse.SUPPRESS, metavar="X", help=help)
     p.add_argument("--restart", action="store_true", help="start the experiment over instead of resuming it")
-    p.add_argument("--output", type=Path, metavar="DIR", help="where the best bundle and trials.csv go (default: runs/<name>)")
+    p.add_argument("--output", metavar="DIR", help="where the best bundle and trials.csv go, local or s3:// (default: runs/<name>)")
     p.add_argument("--overwrite", action="store_true", help="replace another run's results in --output")
     _add_output_flags(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="metrics, per-class table and confusion matrix of a bundle on a labelled folder")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="run folder or bundle folder")
+    p.add_argument("bundle", metavar="BUNDLE", help="run folder or bundle folder, local or s3://")
     p.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*), or fashion-mnist")
     p.add_argument("--output", type=Path, metavar="DIR", help="where to write evaluation.json and confusion.png (default: runs/evaluate-<time>)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
+    p.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     _add_output_flags(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, config=None, set=[])
 
     p = sub.add_parser("predict", help="top-k labels with probabilities for image files or folders")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="run folder or bundle folder")
+    p.add_argument("bundle", metavar="BUNDLE", help="run folder or bundle folder, local or s3://")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, metavar="K")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    p.set_defaults(func=cmd_predict, config=None, set=[])
 
     p = sub.add_parser("config", help="list every setting with its default and meaning")
     p.set_defaults(func=cmd_config)
@@ -141,11 +144,16 @@ def resolve_config(args: argparse.Namespace, cls=None, base: dict | None = None)
     from job import config
 
     cls = cls or config.TrainConfig
-    names = list(TUNE_FLAGS) if cls is config.SearchConfig else [*TRAIN_FLAGS, *BOOL_FLAGS]
-    flags = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    if cls is config.S3Config:
+        flags = {"endpoint": args.s3_endpoint} if hasattr(args, "s3_endpoint") else {}
+    else:
+        names = list(TUNE_FLAGS) if cls is config.SearchConfig else [*TRAIN_FLAGS, *BOOL_FLAGS]
+        flags = {k: getattr(args, k) for k in names if hasattr(args, k)}
     sets = config.parse_sets(args.set)
-    if args.command == "tune":
+    if args.command == "tune" or cls is not config.TrainConfig:
         sets = config.for_section(cls, sets)
+    else:  # job train: search keys are unknown here, s3 keys belong to their own section
+        sets = {k: v for k, v in sets.items() if k not in config.for_section(config.S3Config, sets)}
     env = {} if base is not None else None
     return config.resolve(args.config, env=env, overrides=sets | flags, base=base, cls=cls)
 
@@ -170,8 +178,11 @@ def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from job import checkpoint, report, run
+    from job import bundle, checkpoint, config, report, run, storage
 
+    s3 = resolve_config(args, config.S3Config)
+    if args.resume and storage.is_s3(str(args.resume)):
+        raise BadInput("--resume takes the local run folder: a run written to s3:// is published when it has finished")
     if args.resume:
         if args.config or args.set or args.print_config:
             raise BadInput("--resume takes its settings from the checkpoint: drop --config/--set, or start a new run")
@@ -180,16 +191,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise BadInput(f"--resume cannot change {', '.join(changed)}: only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
         state = checkpoint.load(args.resume)
         output = args.resume if args.resume.is_dir() else args.resume.parent
-        if args.output and args.output.resolve() != output.resolve():
+        if args.output and Path(args.output).resolve() != output.resolve():
             raise BadInput(f"--resume continues in '{output}': drop --output {args.output}")
         cfg = resolve_config(args, base=state["config"])
     else:
         state = None
         cfg = resolve_config(args)
-        output = args.output or _default_output("train")
+        output = args.output or str(_default_output("train"))
     if args.print_config:
         _print_config(cfg)
+        _print_config(s3, config.S3Config.SECTION)
         return 0
+    remote = storage.is_s3(str(output))
+    if remote:
+        run.check_remote_output(output, s3, args.overwrite)  # fails within seconds, before any training
+    local = run.staging(output, run.cache_dir()) if remote else Path(output)
     progress = not (args.quiet or args.json)
     bar = report.TqdmBar if progress and sys.stderr.isatty() else None
 
@@ -199,11 +215,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     try:
-        result = run.train(cfg, output, resume=state, overwrite=args.overwrite, bar=bar, on_epoch=on_epoch)
+        result = run.train(cfg, local, resume=state, overwrite=args.overwrite or remote, bar=bar, on_epoch=on_epoch, s3=s3)
     except KeyboardInterrupt:
-        if (output / checkpoint.CHECKPOINT_NAME).is_file():
-            raise Interrupted(f"interrupted: the last finished epoch is saved in {output}; continue with: job train --resume {output}") from None
+        if (local / checkpoint.CHECKPOINT_NAME).is_file():
+            raise Interrupted(f"interrupted: the last finished epoch is saved in {local}; continue with: job train --resume {local}") from None
         raise Interrupted("interrupted before the first epoch finished: nothing to resume, run the command again") from None
+    if remote:
+        run.publish(local, output, s3)
+        result = dataclasses.replace(result, output=output, bundle=f"{output}/{bundle.BEST_DIR}")
     elapsed = time.perf_counter() - started
     summary = {"output": str(result.output), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
                "best": result.best, "epochs": len(result.history), "resumed_from_epoch": result.resumed_from,
@@ -218,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:
         cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_macro", "lr", "epoch_s"]
         print(report.table([[h[c] for c in cols] for h in result.history], cols))
-        print(f"bundle:  {result.bundle}\nhistory: {output / 'history.csv'}, {output / 'history.json'}\nplot:    {output / 'curves.png'}")
+        print(f"bundle:  {result.bundle}\nhistory: {output}/history.csv, {output}/history.json\nplot:    {output}/curves.png")
         print(f"next:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
     return 0
 
@@ -236,13 +255,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.print_config:
         _print_config(cfg)
         _print_config(search, config.SearchConfig.SECTION)
+        _print_config(resolve_config(args, config.S3Config), config.S3Config.SECTION)
         return 0
-    from job import report, run, tune
+    from job import report, tune
 
-    output = args.output or Path("runs") / search.name
-    run.check_tune_output(output, str(Path(search.storage).expanduser().resolve() / search.name), args.overwrite or args.restart)
+    output = args.output or str(Path("runs") / search.name)
     try:
-        outcome = tune.search(cfg, search, output, restart=args.restart, progress=not (args.quiet or args.json))
+        outcome = tune.search(cfg, search, output, restart=args.restart, overwrite=args.overwrite,
+                              progress=not (args.quiet or args.json), s3=resolve_config(args, config.S3Config))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: the experiment is saved under {search.storage}/{search.name}; "
                           "run the same command again to resume it") from None
@@ -257,26 +277,33 @@ def cmd_tune(args: argparse.Namespace) -> int:
         rows = [[t["number"], t["trial_id"], t["lr"], t["step_size"], t["gamma"], t["epochs"],
                  t["val_acc"] if t["val_acc"] is not None else "-", t["status"]] for t in trials]
         print(report.table(rows, ["#", "trial", "lr", "step_size", "gamma", "epochs", "val_acc", "status"]))
-        print(f"bundle:  {outcome.bundle}\ntrials:  {output / 'trials.csv'}, {output / 'trials.json'}\n"
-              f"plot:    {output / 'trials.png'}\nnext:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
+        print(f"bundle:  {outcome.bundle}\ntrials:  {output}/trials.csv, {output}/trials.json\n"
+              f"plot:    {output}/trials.png\nnext:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
     return 0
 
 
-def _load_bundle(path: Path, device: str):
-    from job import bundle
+def _load_bundle(args: argparse.Namespace):
+    """A bundle from a local folder, or fetched from s3:// into the cache (verified against its manifest)."""
+    from job import bundle, config, run, storage
     from job.loop import resolve_device
 
-    return bundle.load(path, resolve_device(device))
+    path = args.bundle
+    if storage.is_s3(path):
+        path = bundle.fetch(path, run.store(resolve_config(args, config.S3Config)), run.cache_dir())
+    return bundle.load(Path(path), resolve_device(args.device))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from job import inference, report, run
+    from job import config, inference, report, run, storage
 
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
-    b = _load_bundle(args.bundle, args.device)
-    ev = inference.evaluate(b, args.data, run.cache_dir(), args.batch_size, args.skip_bad_images)
-    output = args.output or _default_output("evaluate")
+    b = _load_bundle(args)
+    data = args.data
+    if storage.is_s3(data):
+        data = str(run.fetched(data, run.cache_dir(), resolve_config(args, config.S3Config), folder=True))
+    ev = inference.evaluate(b, data, run.cache_dir(), args.batch_size, args.skip_bad_images)
+    output = Path(args.output) if args.output else _default_output("evaluate")
     output.mkdir(parents=True, exist_ok=True)
     result = {"bundle": str(args.bundle), "data": args.data, "images": ev.images, "skipped_images": ev.skipped,
               **ev.metrics, "per_class": ev.per_class, "classes": list(ev.classes), "confusion": ev.confusion}
@@ -303,7 +330,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise BadInput(f"--top-k {args.top_k} must be >= 1")
-    b = _load_bundle(args.bundle, args.device)
+    b = _load_bundle(args)
     rows = inference.predict(b, args.paths, args.top_k, skip_bad=args.skip_bad_images)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -94,7 +94,7 @@ def _known(cls: type, values: Mapping[str, Any], source: str) -> Mapping[str, An
     fields = _fields(cls)
     for key in values:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
+            close = difflib.get_close_matches(key, [k for c in SECTIONS for k in _fields(c)], n=1)
             hint = f"did you mean '{close[0]}'?" if close else "see `job config` for the known keys"
             raise BadInput(f"unknown config key '{key}' in {source}: {hint}")
     return values
@@ -211,6 +211,16 @@ class SearchConfig(Settings):
             raise BadInput(f"name = {self.name!r} is not a plain folder name: use letters, digits, '.', '_' and '-'")
 
 
+@dataclasses.dataclass(frozen=True)
+class S3Config(Settings):
+    """Where the S3 API answers. Credentials are never settings: boto3's chain (AWS_* variables, profiles, roles)."""
+
+    SECTION: ClassVar[str] = "s3"
+    endpoint: str | None = _field(None, "S3 endpoint URL (MinIO: http://host:9000); default AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS")
+    region: str | None = _field(None, "Region; default AWS_REGION, AWS_DEFAULT_REGION, else us-east-1")
+    path_style: bool | None = _field(None, "Path-style addressing (MinIO, SeaweedFS); default: on when an endpoint is set")
+
+
 def read_file(path: Path) -> dict[str, Any]:
     """Read a TOML or YAML config file into a flat dict (validated later, by name)."""
     if not path.is_file():
@@ -258,9 +268,12 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 
 def for_section(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a flat key -> value mapping that belongs to `cls` (keys of other sections are left out)."""
-    others = {k for c in SECTIONS if c is not cls for k in _fields(c)}
-    return {k: v for k, v in values.items() if k not in others}
+    """The part of a flat key -> value mapping that belongs to `cls`. Unknown keys go to the training section,
+    which rejects them by name."""
+    if cls is TrainConfig:
+        others = {k for c in SECTIONS if c is not cls for k in _fields(c)}
+        return {k: v for k, v in values.items() if k not in others}
+    return {k: v for k, v in values.items() if k in _fields(cls)}
 
 
 def resolve(
@@ -302,4 +315,4 @@ def describe(cls: type = None) -> list[tuple[str, str, str]]:
     return rows
 
 
-SECTIONS = (TrainConfig, SearchConfig)
+SECTIONS = (TrainConfig, SearchConfig, S3Config)

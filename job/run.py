@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from job import builtin, bundle, checkpoint, data, model, report
-from job.config import TrainConfig
+from job import builtin, bundle, checkpoint, data, model, report, storage
+from job.config import S3Config, TrainConfig
 from job.errors import BadInput
 from job.loop import BarFactory, Epoch, Fit, resolve_device
 
@@ -55,7 +56,25 @@ class Setup:
                 "data_fingerprint": self.fingerprint}
 
 
-def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None) -> Setup:
+def store(s3: S3Config | None) -> storage.Store:
+    s3 = s3 or S3Config()
+    return storage.Store(storage.Endpoint.resolve(s3.endpoint, s3.region, s3.path_style))
+
+
+def fetched(location: str, cache: Path, s3: S3Config | None, folder: bool) -> Path:
+    """A local path for `location`: s3:// objects are synced into the cache (unchanged ones are not fetched again)."""
+    if not storage.is_s3(location):
+        return Path(location).expanduser()
+    url = storage.S3Url.parse(location)
+    local = cache / "s3" / url.bucket / url.key
+    if folder:
+        store(s3).sync_down(url, local)
+    else:
+        store(s3).download(url, local)
+    return local
+
+
+def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None, s3: S3Config | None = None) -> Setup:
     """Everything a run needs before its first epoch; all bad input is found here, before any training."""
     model.check_name(cfg.model)
     device = resolve_device(cfg.device)
@@ -66,7 +85,7 @@ def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None) -> Setup
     root = (
         builtin.materialise(cfg.data, cache, cfg.builtin_train_per_class, cfg.builtin_val_per_class)
         if cfg.data in builtin.NAMES
-        else Path(cfg.data).expanduser()
+        else fetched(cfg.data, cache, s3, folder=True)
     )
     folder = data.scan(root, cfg.val_fraction, cfg.seed)
     prep = preprocessing(cfg)
@@ -78,13 +97,34 @@ def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None) -> Setup
             lost = sorted(set(folder.classes) - {folder.classes[i] for i in present})
             raise BadInput(f"after skipping unreadable images, {name} has no image of class {', '.join(lost)}: add readable images")
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    net = model.create(cfg.model, cfg.weights, len(folder.classes), cfg.freeze_backbone)
+    weights = str(fetched(cfg.weights, cache, s3, folder=False)) if storage.is_s3(cfg.weights) else cfg.weights
+    net = model.create(cfg.model, weights, len(folder.classes), cfg.freeze_backbone)
     pin = device.type == "cuda"
     batches = [data.Batches(p, prep, cfg.batch_size, train=t, augment=cfg.augment, seed=cfg.seed, pin_memory=pin)
                for p, t in ((train, True), (val, False))]
     fingerprint = json.dumps({"train": train.fingerprint, "val": val.fingerprint})
     fit = Fit(cfg, net, batches[0], batches[1], prep, len(folder.classes), device, bar)
     return Setup(fit, folder, prep, fingerprint, skipped)
+
+
+def staging(location: str, cache: Path) -> Path:
+    """Where a run whose --output is s3:// is written before it is published."""
+    return cache / "staging" / hashlib.sha256(location.encode()).hexdigest()[:16]
+
+
+def check_remote_output(location: str, s3: S3Config | None, overwrite: bool, experiment: str | None = None) -> None:
+    """An s3:// --output must be writable now (probe) and hold no other run, unless --overwrite.
+    A tune output may be written again by the same experiment (a resumed search)."""
+    st, url = store(s3), storage.S3Url.parse(location)
+    st.check_writable(url)
+    previous = st.read_json(url.join(RUN_FILE))
+    if previous and not overwrite and (experiment is None or previous.get("experiment") != experiment):
+        raise BadInput(f"{location} already holds a run: pass --overwrite to replace it, or choose another --output")
+
+
+def publish(folder: Path, location: str, s3: S3Config | None) -> None:
+    """Upload a finished run folder; the bundle's manifest goes last."""
+    store(s3).publish(folder, storage.S3Url.parse(location), last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}")
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -133,11 +173,12 @@ class Result:
 
 
 def train(cfg: TrainConfig, output: Path, *, resume: dict | None = None, overwrite: bool = False,
-          bar: BarFactory | None = None, on_epoch: Callable[[Epoch], None] | None = None) -> Result:
-    """Run (or continue, given a loaded checkpoint) a training run into `output`."""
+          bar: BarFactory | None = None, on_epoch: Callable[[Epoch], None] | None = None,
+          s3: S3Config | None = None) -> Result:
+    """Run (or continue, given a loaded checkpoint) a training run into `output` (a local folder)."""
     if resume is None:
         check_output(output, overwrite)
-    s = setup(cfg, cache_dir(), bar)
+    s = setup(cfg, cache_dir(), bar, s3)
     meta = s.meta(cfg)
     if resume is not None:
         if resume["data_fingerprint"] != s.fingerprint or resume["classes"] != list(s.folder.classes):

@@ -22,8 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from job import bundle, checkpoint, report, run
-from job.config import SearchConfig, TrainConfig
+from job import bundle, checkpoint, report, run, storage
+from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
 from job.metrics import EPOCH_METRICS
 
@@ -60,11 +60,11 @@ def _rank(t: Trial) -> tuple:
 
 @dataclasses.dataclass
 class Outcome:
-    output: Path
+    output: Path | str
     experiment: str
     best: Trial
     trials: list[Trial]
-    bundle: Path
+    bundle: Path | str
     resumed: bool
     seconds: float
 
@@ -72,14 +72,14 @@ class Outcome:
 # ---- inside a Ray worker ---------------------------------------------------------------------------------------
 
 
-def trainable(sampled: dict, base: dict, cache: str, threads: int) -> None:
+def trainable(sampled: dict, base: dict, cache: str, threads: int, s3: dict) -> None:
     """Ray Tune function trainable: one trial = one `Fit` with the sampled lr, step_size and gamma."""
     import torch
     from ray import tune
 
     torch.set_num_threads(threads)  # no oversubscription: as many threads as CPUs given to the trial
     cfg = TrainConfig.from_dict(base | sampled)
-    s = run.setup(cfg, Path(cache))
+    s = run.setup(cfg, Path(cache), s3=S3Config.from_dict(s3))
     restored = tune.get_checkpoint()
     if restored:
         with restored.as_directory() as folder:
@@ -173,26 +173,79 @@ def _settings(cfg: TrainConfig, search_cfg: SearchConfig) -> dict:
     return {"train": cfg.to_dict(), "tune": search_cfg.to_dict()}
 
 
-def _check_compatible(experiment: Path, settings: dict) -> None:
-    saved_file = experiment / SETTINGS_FILE
-    if not saved_file.is_file():
+class Experiment:
+    """Where Ray Tune keeps the experiment: a local folder, or s3://bucket/prefix/name through `storage`."""
+
+    def __init__(self, storage_location: str, name: str, s3: S3Config | None):
+        self.remote = storage.is_s3(storage_location)
+        if self.remote:
+            self.store = run.store(s3)
+            self.root = storage.S3Url.parse(storage_location)
+            self.url = self.root.join(name)
+            self.location = str(self.url)
+            self.fs = self.store.pyarrow_fs()
+            self.ray_storage = f"{self.root.bucket}/{self.root.key}".rstrip("/")  # what Ray takes with `fs`
+        else:
+            self.root = Path(storage_location).expanduser().resolve()
+            self.folder = self.root / name
+            self.location = str(self.folder)
+            self.fs = None
+            self.ray_storage = str(self.root)
+        self.ray_path = f"{self.ray_storage}/{name}"
+
+    def check_writable(self) -> None:
+        if self.remote:
+            self.store.check_writable(self.root)
+        else:
+            run.ensure_writable(self.root, "storage")
+
+    def settings(self) -> dict | None:
+        if self.remote:
+            return self.store.read_json(self.url.join(SETTINGS_FILE))
+        f = self.folder / SETTINGS_FILE
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def write_settings(self, settings: dict) -> None:
+        if self.remote:
+            self.store.write_json(self.url.join(SETTINGS_FILE), settings)
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+
+    def has_files(self) -> bool:
+        if self.remote:
+            return bool(self.store.listing(self.url))
+        return self.folder.is_dir() and any(self.folder.iterdir())
+
+    def delete(self) -> None:
+        """Only this experiment (checked to be one of ours): the storage may hold others."""
+        if self.remote:
+            self.store.delete_prefix(self.url)
+        elif self.folder.exists():
+            shutil.rmtree(self.folder)
+
+
+def _check_compatible(experiment: Experiment, settings: dict) -> None:
+    saved = experiment.settings()
+    if saved is None:
         return
-    saved = json.loads(saved_file.read_text())
     changed = sorted(
         f"{key}" for section in ("train", "tune") for key in settings[section]
         if key not in RUNTIME_KEYS and saved.get(section, {}).get(key) != settings[section][key]
     )
     if changed:
-        raise BadInput(f"experiment '{experiment}' was started with other settings ({', '.join(changed)}): "
+        raise BadInput(f"experiment '{experiment.location}' was started with other settings ({', '.join(changed)}): "
                        "resume it with the same settings, pass --restart to start it over, or pick another --name")
 
 
-def search(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, *, restart: bool = False,
-           progress: bool = True) -> Outcome:
-    """Run (or resume) the search, then export the best trial's best epoch as a bundle into `output`."""
+def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str, *, restart: bool = False, overwrite: bool = False,
+           progress: bool = True, s3: S3Config | None = None) -> Outcome:
+    """Run (or resume) the search, then export the best trial's best epoch as a bundle into `output`
+    (a local folder or s3://...)."""
     started = time.perf_counter()
     note = say if progress else (lambda line: None)
-    experiment = _preflight(cfg, search_cfg, output, restart, note)
+    experiment = Experiment(search_cfg.storage, search_cfg.name, s3)
+    _preflight(cfg, search_cfg, experiment, output, restart, overwrite, note, s3)
     _quiet_ray()
     import ray
 
@@ -202,11 +255,11 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, *, restart:
         if nodes > 1 and not search_cfg.storage.startswith("s3://"):
             raise BadInput(f"the Ray cluster has {nodes} nodes but storage '{search_cfg.storage}' is local to one: "
                            "pass --storage s3://bucket/prefix so every node can reach the experiment")
-        if restart and experiment.exists():
-            shutil.rmtree(experiment)  # only this experiment (checked to be one of ours): storage may hold others
+        if restart:
+            experiment.delete()
         view = _progress(search_cfg.num_samples, cfg.epochs, progress)
-        tuner, resumed = _tuner(cfg, search_cfg, experiment, view, note)
-        with GracefulStop() as stop:
+        with storage.secrets_out_of_environment(), GracefulStop() as stop:
+            tuner, resumed = _tuner(cfg, search_cfg, experiment, view, note, s3)
             grid = tuner.fit()
         if stop.requested:
             raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
@@ -215,23 +268,33 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, *, restart:
         done = [t for t in trials if t.val_acc is not None]
         if not done:
             raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
-                           f"see {experiment} for each trial's error")
+                           f"see {experiment.location} for each trial's error")
         best = max(done, key=_rank)
         with next(r for r in grid if Path(r.path).name == best.folder).checkpoint.as_directory() as folder:
             state = checkpoint.load(Path(folder))
     finally:
         ray.shutdown()
-    return _export(cfg, state, best, trials, output, str(experiment), resumed, time.perf_counter() - started)
+    remote = storage.is_s3(output)
+    local = run.staging(output, run.cache_dir()) if remote else Path(output)
+    outcome = _export(cfg, state, best, trials, local, experiment.location, resumed, time.perf_counter() - started)
+    if remote:
+        run.publish(local, output, s3)
+        outcome = dataclasses.replace(outcome, output=output, bundle=f"{output}/{bundle.BEST_DIR}")
+    return outcome
 
 
-def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, restart: bool, note) -> Path:
-    """Every check that can fail before Ray starts; returns the experiment folder."""
-    storage = Path(search_cfg.storage).expanduser().resolve()
-    experiment = storage / search_cfg.name
-    run.ensure_writable(storage, "storage")
-    run.ensure_writable(output, "output folder")
-    if experiment.is_dir() and any(experiment.iterdir()) and not (experiment / SETTINGS_FILE).is_file():
-        raise BadInput(f"'{experiment}' exists but is not a job tune experiment: pick another --name or --storage")
+def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, output: str, restart: bool,
+               overwrite: bool, note, s3: S3Config | None) -> None:
+    """Every check that can fail before Ray starts: storage, output, settings, cluster address, data, model."""
+    experiment.check_writable()
+    if storage.is_s3(output):
+        run.check_remote_output(output, s3, overwrite or restart, experiment=experiment.location)
+    else:
+        run.check_tune_output(Path(output), experiment.location, overwrite or restart)
+        run.ensure_writable(Path(output), "output folder")
+    settings = experiment.settings()
+    if settings is None and experiment.has_files():
+        raise BadInput(f"'{experiment.location}' exists but is not a job tune experiment: pick another --name or --storage")
     if not restart:
         _check_compatible(experiment, _settings(cfg, search_cfg))
     if search_cfg.step_size_range and search_cfg.step_size_range[1] > cfg.epochs:
@@ -241,14 +304,13 @@ def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, output: Path, restart
     if os.environ.get("RAY_ADDRESS"):
         _probe(os.environ["RAY_ADDRESS"])
     # The whole data path runs once in the driver: bad data fails here, before any trial, and the decoded data
-    # set lands in the cache once for every trial on this machine.
-    # On the CPU: the driver may run where the trials' GPUs are not (a KubeRay head node), and needs none.
+    # set lands in the cache once for every trial on this machine. On the CPU: the driver may run where the
+    # trials' GPUs are not (a KubeRay head node), and needs none.
     note("preparing the data set (decoded once, shared by every trial on this machine)")
-    run.setup(dataclasses.replace(cfg, device="cpu"), run.cache_dir())
-    return experiment
+    run.setup(dataclasses.replace(cfg, device="cpu"), run.cache_dir(), s3=s3)
 
 
-def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Path, view, note):
+def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, view, note, s3: S3Config | None):
     """A new Tuner, or the saved one when the experiment can be resumed; (tuner, resumed)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -258,15 +320,17 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Path, view, n
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     resources, threads, concurrent = _resources(search_cfg, cfg)
     fn = tune.with_resources(
-        tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(run.cache_dir()), threads=threads), resources
+        tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(run.cache_dir()), threads=threads,
+                             s3=(s3 or S3Config()).to_dict()), resources
     )
-    if experiment.exists() and tune.Tuner.can_restore(str(experiment)):
-        note(f"resuming experiment {experiment}")
-        tuner = tune.Tuner.restore(str(experiment), fn, resume_unfinished=True, resume_errored=True)
+    if experiment.settings() is not None and tune.Tuner.can_restore(experiment.ray_path, storage_filesystem=experiment.fs):
+        note(f"resuming experiment {experiment.location}")
+        tuner = tune.Tuner.restore(experiment.ray_path, fn, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=experiment.fs)
         # restore() brings back the callback pickled with the experiment; show this run's view instead
         tuner._local_tuner.get_run_config().callbacks = [view]
         return tuner, True
-    note(f"new experiment {experiment}: {search_cfg.num_samples} trials, {concurrent} at a time, "
+    note(f"new experiment {experiment.location}: {search_cfg.num_samples} trials, {concurrent} at a time, "
          f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
     startup = search_cfg.startup_trials or min(10, max(2, search_cfg.num_samples // 3))
     tuner = tune.Tuner(
@@ -281,13 +345,13 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Path, view, n
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=search_cfg.name, storage_path=str(experiment.parent), verbose=0, callbacks=[view],
+            name=search_cfg.name, storage_path=experiment.ray_storage, storage_filesystem=experiment.fs,
+            verbose=0, callbacks=[view],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
             failure_config=tune.FailureConfig(max_failures=search_cfg.max_failures),
         ),
     )
-    experiment.mkdir(parents=True, exist_ok=True)
-    (experiment / SETTINGS_FILE).write_text(json.dumps(_settings(cfg, search_cfg), indent=2))
+    experiment.write_settings(_settings(cfg, search_cfg))
     return tuner, False
 
 

@@ -1,0 +1,369 @@
+"""S3-compatible object storage (AWS S3, MinIO, SeaweedFS): the only module that imports boto3 and pyarrow.fs.
+
+Credentials come only from boto3's standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+profiles, roles) and are never written anywhere or printed. The endpoint comes from the `s3` settings, else
+AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL; pyarrow (which Ray Tune uses) ignores those variables, so it is handed
+the same endpoint and credentials explicitly. Every call has bounded timeouts and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from job.errors import BadInput, JobError
+from job.files import sha256
+
+SCHEME = "s3://"
+PROBE = ".job-write-probe"
+
+
+def is_s3(location: str | os.PathLike | None) -> bool:
+    return isinstance(location, str) and location.startswith(SCHEME)
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Url:
+    bucket: str
+    key: str  # no leading or trailing slash; "" for the bucket's root
+
+    @classmethod
+    def parse(cls, url: str) -> S3Url:
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise BadInput(f"'{url}' is not an S3 location: write s3://bucket/prefix")
+        return cls(parsed.netloc, parsed.path.strip("/"))
+
+    def join(self, *parts: str) -> S3Url:
+        return S3Url(self.bucket, "/".join(p.strip("/") for p in (self.key, *parts) if p.strip("/")))
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.key}".rstrip("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where the S3 API answers; no secrets here (this is saved in experiment settings)."""
+
+    url: str | None  # None: AWS's own endpoint for the region
+    region: str
+    path_style: bool
+
+    @classmethod
+    def resolve(cls, url: str | None = None, region: str | None = None, path_style: bool | None = None) -> Endpoint:
+        url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        if url and not urlparse(url).scheme in ("http", "https"):
+            raise BadInput(f"S3 endpoint '{url}' needs a scheme: write e.g. http://minio:9000 or https://s3.example.com")
+        # MinIO and SeaweedFS serve buckets as paths; AWS prefers virtual hosts.
+        return cls(url, region, bool(url) if path_style is None else path_style)
+
+    def describe(self) -> str:
+        return self.url or f"AWS S3 ({self.region})"
+
+
+class Store:
+    """One S3 endpoint, with the user's credentials from boto3's chain."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                connect_timeout=5, read_timeout=60, retries={"max_attempts": 4, "mode": "standard"},
+                s3={"addressing_style": "path" if self.endpoint.path_style else "auto"},
+            )
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=self.endpoint.url, region_name=self.endpoint.region, config=config)
+        return self._client
+
+    # --- errors -------------------------------------------------------------------------------------------------
+
+    def _explain(self, e: Exception, url: S3Url | str, doing: str) -> JobError:
+        """One line that names the location and the fix; never the credentials."""
+        from botocore import exceptions as bx
+
+        where = f"{url} at {self.endpoint.describe()}"
+        if isinstance(e, bx.NoCredentialsError):
+            return BadInput(f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+        if isinstance(e, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError)):
+            return JobError(f"cannot reach S3 endpoint {self.endpoint.describe()} ({type(e).__name__}) while {doing} {url}: "
+                            "check AWS_ENDPOINT_URL (or --s3-endpoint) and the network")
+        if isinstance(e, bx.ClientError):
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed"):
+                return BadInput(f"S3 rejected the credentials ({code}) for {where}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            if code in ("NoSuchBucket",):
+                return BadInput(f"bucket '{S3Url.parse(str(url)).bucket}' does not exist at {self.endpoint.describe()}: create it first")
+            if code in ("AccessDenied", "AllAccessDisabled", "Forbidden", "403"):
+                return BadInput(f"no permission for {doing} {where} ({code}): grant s3:GetObject, s3:PutObject, "
+                                "s3:DeleteObject and s3:ListBucket on it")
+            if code in ("NoSuchKey", "404"):
+                return BadInput(f"{url} does not exist at {self.endpoint.describe()}: check the location")
+            return JobError(f"S3 error {code} while {doing} {where}: {e.response.get('Error', {}).get('Message', '')}")
+        if isinstance(e, bx.BotoCoreError):
+            return JobError(f"S3 failure while {doing} {where}: {type(e).__name__}")
+        raise e
+
+    def _call(self, doing: str, url: S3Url, fn, **kwargs):
+        from botocore import exceptions as bx
+
+        try:
+            return fn(**kwargs)
+        except (bx.BotoCoreError, bx.ClientError) as e:
+            raise self._explain(e, url, doing) from None
+
+    # --- objects --------------------------------------------------------------------------------------------------
+
+    def check_writable(self, url: S3Url) -> None:
+        """Write and delete a small probe object: wrong credentials, a missing bucket, an unreachable endpoint and
+        missing permissions all fail here, within seconds, before any training."""
+        probe = url.join(PROBE)
+        self._call("writing to", url, self.client.put_object, Bucket=probe.bucket, Key=probe.key, Body=b"")
+        self._call("deleting from", url, self.client.delete_object, Bucket=probe.bucket, Key=probe.key)
+
+    def exists(self, url: S3Url) -> bool:
+        from botocore import exceptions as bx
+
+        try:
+            self.client.head_object(Bucket=url.bucket, Key=url.key)
+            return True
+        except bx.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._explain(e, url, "reading") from None
+        except bx.BotoCoreError as e:
+            raise self._explain(e, url, "reading") from None
+
+    def read_json(self, url: S3Url) -> dict | None:
+        if not self.exists(url):
+            return None
+        body = self._call("reading", url, self.client.get_object, Bucket=url.bucket, Key=url.key)["Body"].read()
+        return json.loads(body)
+
+    def write_json(self, url: S3Url, value: dict) -> None:
+        body = (json.dumps(value, indent=2) + "\n").encode()
+        self._call("writing", url, self.client.put_object, Bucket=url.bucket, Key=url.key, Body=body,
+                   ContentType="application/json")
+
+    def listing(self, url: S3Url) -> dict[str, tuple[int, str]]:
+        """{relative key: (size, etag)} for every object below `url`."""
+        prefix = url.key + "/" if url.key else ""
+        found = {}
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=url.bucket, Prefix=prefix)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    found[obj["Key"][len(prefix):]] = (obj["Size"], obj["ETag"].strip('"'))
+        except Exception as e:  # botocore raises from inside the paginator
+            raise self._explain(e, url, "listing") from None
+        return found
+
+    def delete_prefix(self, url: S3Url) -> None:
+        keys = [url.join(k).key for k in self.listing(url)]
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[start : start + 1000]]
+            self._call("deleting", url, self.client.delete_objects, Bucket=url.bucket, Delete={"Objects": chunk})
+
+    def upload(self, path: Path, url: S3Url) -> None:
+        """Upload one file (multipart above 8 MiB), recording its SHA-256; read back its size and checksum."""
+        from boto3.s3.transfer import TransferConfig
+
+        digest = sha256(path)
+        self._call("uploading to", url, self.client.upload_file, Filename=str(path), Bucket=url.bucket, Key=url.key,
+                   ExtraArgs={"Metadata": {"sha256": digest}}, Config=TransferConfig(multipart_threshold=8 << 20))
+        head = self._call("checking", url, self.client.head_object, Bucket=url.bucket, Key=url.key)
+        if head["ContentLength"] != path.stat().st_size or head.get("Metadata", {}).get("sha256") != digest:
+            raise JobError(f"{url} does not read back as uploaded (size or SHA-256 differs): run the command again")
+
+    def download(self, url: S3Url, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            self._call("downloading", url, self.client.download_file, Bucket=url.bucket, Key=url.key, Filename=tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def sync_down(self, url: S3Url, folder: Path) -> int:
+        """Mirror every object below `url` into `folder`; unchanged objects (same size and ETag) are not fetched
+        again. Returns how many objects were downloaded."""
+        index_path = folder / ".job-sync.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        remote = {k: v for k, v in self.listing(url).items() if not k.endswith("/") and k != PROBE}
+        if not remote:
+            raise BadInput(f"{url} holds no objects at {self.endpoint.describe()}: upload the data set first, or check the prefix")
+        fetched = 0
+        for rel, (size, etag) in sorted(remote.items()):
+            local = folder / rel
+            if index.get(rel) == [size, etag] and local.is_file() and local.stat().st_size == size:
+                continue
+            self.download(url.join(rel), local)
+            index[rel] = [size, etag]
+            fetched += 1
+        for rel in set(index) - set(remote):  # gone upstream: drop our copy (only ever files we fetched)
+            (folder / rel).unlink(missing_ok=True)
+            del index[rel]
+        folder.mkdir(parents=True, exist_ok=True)
+        index_path.write_text(json.dumps(index))
+        return fetched
+
+    def publish(self, folder: Path, url: S3Url, last: str) -> None:
+        """Upload every file of `folder` below `url`, the file `last` (a manifest) after all others; an old copy of
+        `last` is deleted first, so a half-replaced upload is never taken as complete."""
+        self._call("deleting", url, self.client.delete_object, Bucket=url.bucket, Key=url.join(last).key)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix() == last):
+            self.upload(path, url.join(path.relative_to(folder).as_posix()))
+
+    def pyarrow_fs(self):
+        """A pyarrow filesystem for Ray Tune on this endpoint.
+
+        pyarrow ignores the endpoint variables, so the endpoint and the chain's credentials are handed to
+        S3FileSystem explicitly, but only inside each process: Ray pickles the filesystem into its experiment files
+        and ships it to workers, and what it pickles here is the endpoint alone, never a key.
+        """
+        from pyarrow import fs
+
+        self._pyarrow_s3()  # fail now, in the driver, if there are no credentials
+        return fs.PyFileSystem(_ArrowS3(self.endpoint))
+
+    def _pyarrow_s3(self):
+        from pyarrow import fs
+
+        frozen = credentials()
+        if frozen is None:
+            raise BadInput(f"no S3 credentials for {self.endpoint.describe()}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+        kwargs = dict(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token,
+                      region=self.endpoint.region, connect_timeout=5, request_timeout=60)
+        if self.endpoint.url:
+            parsed = urlparse(self.endpoint.url)
+            kwargs |= dict(endpoint_override=parsed.netloc, scheme=parsed.scheme, force_virtual_addressing=False)
+        return fs.S3FileSystem(**kwargs)
+
+
+_CREDENTIALS: list = []  # this process's credentials, resolved once from boto3's chain (kept in memory only)
+
+
+def credentials():
+    """The chain's credentials (frozen), looked up once per process; None when there are none."""
+    if not _CREDENTIALS:
+        import boto3
+
+        creds = boto3.session.Session().get_credentials()
+        _CREDENTIALS.append(creds.get_frozen_credentials() if creds else None)
+    return _CREDENTIALS[0]
+
+
+SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+@contextlib.contextmanager
+def secrets_out_of_environment():
+    """Remove the credential variables from this process's environment for the block, restoring them after.
+
+    Ray Tune copies these variables into each trainable's runtime_env, and Ray's runtime-env agent writes that
+    into its log files. Workers that Ray starts on this machine already inherited them when Ray started; workers
+    elsewhere take their own (a Kubernetes Secret); this process keeps them in memory (`credentials`).
+    """
+    credentials()
+    saved = {k: os.environ.pop(k) for k in SECRET_VARIABLES if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _arrow_handler_base():
+    from pyarrow import fs
+
+    return fs.FileSystemHandler
+
+
+class _ArrowS3:
+    """A pyarrow FileSystemHandler that pickles as its endpoint and opens S3 with local credentials on first use."""
+
+    def __new__(cls, endpoint: Endpoint):
+        # Subclass pyarrow's handler lazily: importing this module must not import pyarrow.
+        global _ArrowS3Handler
+        if _ArrowS3Handler is None:
+            _ArrowS3Handler = type("_ArrowS3Handler", (_arrow_handler_base(),), dict(_Delegate.__dict__))
+        return _ArrowS3Handler(endpoint)
+
+
+_ArrowS3Handler = None
+
+
+class _Delegate:
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint, self._fs = endpoint, None
+
+    def __reduce__(self):
+        return (_ArrowS3, (self.endpoint,))  # the endpoint only: credentials are looked up where it is unpickled
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.endpoint == self.endpoint
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs = Store(self.endpoint)._pyarrow_s3()
+        return self._fs
+
+    def get_type_name(self):
+        return "s3"
+
+    def normalize_path(self, path):
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        self.fs.delete_dir_contents("/", accept_root_dir=True)
+
+    def delete_file(self, path):
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.fs.open_append_stream(path, metadata=metadata)

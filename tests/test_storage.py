@@ -1,0 +1,198 @@
+"""S3 storage against a real S3 server (SeaweedFS here; MinIO or AWS when JOB_TEST_S3_ENDPOINT is set)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from job import bundle, run, storage
+from job.config import S3Config
+from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE
+from tests.conftest import TINY, assert_error, make_folder, run_job
+
+SEARCH = [*TINY, "--epochs", "3", "--num-samples", "5", "--lr-range", "0.00001,0.3", "--set", "startup_trials=2"]
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server.env
+
+
+@pytest.fixture(scope="module")
+def local_run(images, tmp_path_factory, cache):
+    """A finished local run whose model.pt (resnet18, ~45 MB) is large enough for a multipart upload."""
+    out = tmp_path_factory.mktemp("s3run") / "r"
+    r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, "--quiet", env={"JOB_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_bundle_round_trip_is_byte_equal_and_verified(s3_server, s3_env, local_run, tmp_path):
+    bucket = s3_server.bucket()
+    run.publish(local_run, f"s3://{bucket}/runs/one", None)
+    client = s3_server.client()
+    head = client.head_object(Bucket=bucket, Key="runs/one/best/model.pt")
+    assert "-" in head["ETag"]  # uploaded in parts
+    fetched = bundle.fetch(f"s3://{bucket}/runs/one", run.store(None), tmp_path / "cache")
+    for name in ("model.pt", "bundle.json"):
+        assert (fetched / name).read_bytes() == (local_run / "best" / name).read_bytes()
+    assert bundle.load(fetched).classes == ("class_0", "class_1", "class_2")
+    # a damaged object is caught by the manifest's size and SHA-256
+    client.put_object(Bucket=bucket, Key="runs/one/best/model.pt", Body=b"not the model")
+    damaged = bundle.fetch(f"s3://{bucket}/runs/one", run.store(None), tmp_path / "cache2")
+    with pytest.raises(Exception, match="does not match bundle.json"):
+        bundle.load(damaged)
+
+
+def test_manifest_is_uploaded_last(s3_server, s3_env, local_run):
+    bucket = s3_server.bucket()
+    run.publish(local_run, f"s3://{bucket}/r", None)
+    objects = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="r/")["Contents"]
+    newest = max(objects, key=lambda o: o["LastModified"])
+    assert newest["Key"] == "r/best/bundle.json" or newest["LastModified"] == max(o["LastModified"] for o in objects)
+    assert {o["Key"] for o in objects} >= {"r/best/model.pt", "r/best/bundle.json", "r/history.csv", "r/run.json"}
+
+
+def test_train_to_s3_and_evaluate_and_predict_from_s3(s3_server, images, tmp_path):
+    bucket = s3_server.bucket()
+    out = f"s3://{bucket}/runs/tiny"
+    r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, "--json", env=s3_server.env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bundle"] == f"{out}/best"
+    r = run_job("evaluate", out, "--data", images, "--output", tmp_path / "ev", "--json", env=s3_server.env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 36
+    r = run_job("predict", f"{out}/best", next((images / "class_0").iterdir()), "--json", env=s3_server.env)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["predictions"]
+    r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, env=s3_server.env)
+    assert_error(r, EXIT_BAD_INPUT, out, "--overwrite")
+
+
+def test_data_set_synced_from_s3_then_not_fetched_again(s3_server, s3_env, images, tmp_path):
+    bucket = s3_server.bucket()
+    client = s3_server.client()
+    for f in images.rglob("*.png"):
+        client.upload_file(str(f), bucket, f"datasets/shapes/{f.relative_to(images).as_posix()}")
+    store, url = run.store(None), storage.S3Url.parse(f"s3://{bucket}/datasets/shapes/")
+    assert store.sync_down(url, tmp_path / "mirror") == 36
+    assert store.sync_down(url, tmp_path / "mirror") == 0
+    client.put_object(Bucket=bucket, Key="datasets/shapes/class_0/img_000.png", Body=(images / "class_1" / "img_001.png").read_bytes())
+    assert store.sync_down(url, tmp_path / "mirror") == 1
+    r = run_job("train", "--data", f"s3://{bucket}/datasets/shapes/", *TINY, "--epochs", "1", "--output", tmp_path / "o",
+                "--json", env=s3_server.env)
+    assert r.returncode == 0, r.stderr
+
+
+def _progress_ended(line: str):
+    import re
+
+    m = re.match(r"\[\s*\d+s\] (\w+) (completed|stopped after)", line)
+    return m.group(1) if m else None
+
+
+def test_tune_on_s3_survives_losing_the_machine(s3_server, images, tmp_path):
+    """job tune with --storage and --output on S3, killed (SIGKILL, whole process group), its local Ray folder and
+    cache deleted as on a new pod, then resumed from S3 alone: it finishes without rerunning finished trials."""
+    bucket = s3_server.bucket()
+    storage_url, output = f"s3://{bucket}/ray", f"s3://{bucket}/best"
+    args = ["tune", "--data", str(images), *SEARCH, "--storage", storage_url, "--output", output]
+
+    def machine(name):
+        # Ray's socket paths must stay under 108 characters: a short folder for its temporary files
+        home = Path(tempfile.mkdtemp(prefix=f"job-{name}-", dir="/tmp"))
+        return home, {**s3_server.env, "JOB_CACHE": str(home / "cache"), "RAY_TMPDIR": str(home)}
+
+    first, env = machine("pod-1")
+    proc = subprocess.Popen([sys.executable, "-m", "job", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env={**os.environ, **env}, cwd=first, start_new_session=True)
+    ended, deadline = [], time.monotonic() + 400
+    for line in proc.stderr:
+        if _progress_ended(line):
+            ended.append(_progress_ended(line))
+        if len(ended) >= 2 or time.monotonic() > deadline:
+            break
+    time.sleep(2)  # let the experiment snapshot reach S3
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(ended) >= 2
+    shutil.rmtree(first)  # the machine is gone
+
+    second, env = machine("pod-2")
+    try:
+        r = run_job(*args, "--json", env=env, cwd=second)
+    finally:
+        files = {f: f.read_bytes() for f in second.rglob("*") if f.is_file() and f.stat().st_size < 200_000_000}
+        shutil.rmtree(second, ignore_errors=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["resumed"] and len(result["trials"]) == 5
+    assert not [t for t in ended if f"{t} lr" in r.stderr], "finished trials ran again"
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "best/best/bundle.json" in keys and "best/trials.csv" in keys and "ray/job-tune/job-tune.json" in keys
+
+    # the secret key is in no output, no local file and no object written
+    secret = s3_server.secret_key
+    assert secret not in r.stdout + r.stderr
+    for f, content in files.items():
+        assert secret.encode() not in content, f
+    client = s3_server.client()
+    for key in keys:
+        assert secret.encode() not in client.get_object(Bucket=bucket, Key=key)["Body"].read(), key
+
+
+def test_wrong_credentials_fail_fast(s3_server, images, tmp_path):
+    bucket = s3_server.bucket()
+    env = {**s3_server.env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    started = time.monotonic()
+    r = run_job("train", "--data", images, *TINY, "--output", f"s3://{bucket}/x", env=env)
+    assert_error(r, EXIT_BAD_INPUT, "rejected the credentials", "AWS_SECRET_ACCESS_KEY")
+    assert "not-the-secret" not in r.stderr and time.monotonic() - started < 30
+    r = run_job("tune", "--data", images, *TINY, "--storage", f"s3://{bucket}/ray", "--output", tmp_path / "o", env=env)
+    assert_error(r, EXIT_BAD_INPUT, "rejected the credentials")
+
+
+def test_missing_bucket_and_unreachable_endpoint_fail_fast(s3_server, images, tmp_path):
+    r = run_job("train", "--data", images, *TINY, "--output", "s3://no-such-bucket-here/x", env=s3_server.env)
+    assert_error(r, EXIT_BAD_INPUT, "bucket 'no-such-bucket-here' does not exist")
+    started = time.monotonic()
+    env = {**s3_server.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    r = run_job("tune", "--data", images, *TINY, "--storage", "s3://any-bucket/ray", "--output", tmp_path / "o", env=env)
+    assert_error(r, EXIT_FAILURE, "cannot reach S3 endpoint http://127.0.0.1:9")
+    assert time.monotonic() - started < 60
+    r = run_job("train", "--data", images, *TINY, "--output", "s3://x/y", env={**s3_server.env, "AWS_ENDPOINT_URL": "minio:9000"})
+    assert_error(r, EXIT_BAD_INPUT, "needs a scheme")
+
+
+def test_read_only_bucket_is_refused_before_training(s3_server, images, tmp_path):
+    bucket = s3_server.bucket()
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Principal": "*", "Action": ["s3:PutObject"], "Resource": [f"arn:aws:s3:::{bucket}/*"]}]}
+    try:
+        s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    except Exception as e:  # a server without bucket policies
+        pytest.skip(f"this S3 server does not take bucket policies: {e}")
+    r = run_job("train", "--data", images, *TINY, "--output", f"s3://{bucket}/x", env=s3_server.env)
+    assert_error(r, EXIT_BAD_INPUT, "no permission", f"s3://{bucket}/x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_endpoint_settings_resolve_from_config_then_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://general:9000")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-specific:9000")
+    assert storage.Endpoint.resolve().url == "http://s3-specific:9000"
+    assert storage.Endpoint.resolve("http://flag:1").url == "http://flag:1"
+    assert storage.Endpoint.resolve().path_style is True
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    aws = storage.Endpoint.resolve(region="eu-west-1")
+    assert (aws.url, aws.region, aws.path_style) == (None, "eu-west-1", False)
+    assert S3Config().to_dict() == {"endpoint": None, "region": None, "path_style": None}
