@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -239,7 +240,7 @@ class Store:
         from pyarrow import fs
 
         self._pyarrow_s3()  # fail now, in the driver, if there are no credentials
-        return fs.PyFileSystem(_ArrowS3(self.endpoint))
+        return fs.PyFileSystem(_arrow_handler(self.endpoint))
 
     def _pyarrow_s3(self):
         from pyarrow import fs
@@ -287,83 +288,76 @@ def secrets_out_of_environment():
         os.environ.update(saved)
 
 
-def _arrow_handler_base():
+def _arrow_handler(endpoint: Endpoint):
+    return _arrow_handler_class()(endpoint)
+
+
+@functools.cache
+def _arrow_handler_class():
+    """Defined on first use: importing this module must not import pyarrow."""
     from pyarrow import fs
 
-    return fs.FileSystemHandler
+    class ArrowS3(fs.FileSystemHandler):
+        """Delegates to pyarrow's S3FileSystem; pickles as its endpoint and looks credentials up where it is used."""
 
+        def __init__(self, endpoint: Endpoint):
+            self.endpoint, self._fs = endpoint, None
 
-class _ArrowS3:
-    """A pyarrow FileSystemHandler that pickles as its endpoint and opens S3 with local credentials on first use."""
+        def __reduce__(self):
+            return (_arrow_handler, (self.endpoint,))  # the endpoint only, never a key
 
-    def __new__(cls, endpoint: Endpoint):
-        # Subclass pyarrow's handler lazily: importing this module must not import pyarrow.
-        global _ArrowS3Handler
-        if _ArrowS3Handler is None:
-            _ArrowS3Handler = type("_ArrowS3Handler", (_arrow_handler_base(),), dict(_Delegate.__dict__))
-        return _ArrowS3Handler(endpoint)
+        def __eq__(self, other):
+            return type(other) is type(self) and other.endpoint == self.endpoint
 
+        @property
+        def fs(self):
+            if self._fs is None:
+                self._fs = Store(self.endpoint)._pyarrow_s3()
+            return self._fs
 
-_ArrowS3Handler = None
+        def get_type_name(self):
+            return "s3"
 
+        def normalize_path(self, path):
+            return self.fs.normalize_path(path)
 
-class _Delegate:
-    def __init__(self, endpoint: Endpoint):
-        self.endpoint, self._fs = endpoint, None
+        def get_file_info(self, paths):
+            return self.fs.get_file_info(paths)
 
-    def __reduce__(self):
-        return (_ArrowS3, (self.endpoint,))  # the endpoint only: credentials are looked up where it is unpickled
+        def get_file_info_selector(self, selector):
+            return self.fs.get_file_info(selector)
 
-    def __eq__(self, other):
-        return type(other) is type(self) and other.endpoint == self.endpoint
+        def create_dir(self, path, recursive):
+            self.fs.create_dir(path, recursive=recursive)
 
-    @property
-    def fs(self):
-        if self._fs is None:
-            self._fs = Store(self.endpoint)._pyarrow_s3()
-        return self._fs
+        def delete_dir(self, path):
+            self.fs.delete_dir(path)
 
-    def get_type_name(self):
-        return "s3"
+        def delete_dir_contents(self, path, missing_dir_ok=False):
+            self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
 
-    def normalize_path(self, path):
-        return self.fs.normalize_path(path)
+        def delete_root_dir_contents(self):
+            self.fs.delete_dir_contents("/", accept_root_dir=True)
 
-    def get_file_info(self, paths):
-        return self.fs.get_file_info(paths)
+        def delete_file(self, path):
+            self.fs.delete_file(path)
 
-    def get_file_info_selector(self, selector):
-        return self.fs.get_file_info(selector)
+        def move(self, src, dest):
+            self.fs.move(src, dest)
 
-    def create_dir(self, path, recursive):
-        self.fs.create_dir(path, recursive=recursive)
+        def copy_file(self, src, dest):
+            self.fs.copy_file(src, dest)
 
-    def delete_dir(self, path):
-        self.fs.delete_dir(path)
+        def open_input_stream(self, path):
+            return self.fs.open_input_stream(path)
 
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+        def open_input_file(self, path):
+            return self.fs.open_input_file(path)
 
-    def delete_root_dir_contents(self):
-        self.fs.delete_dir_contents("/", accept_root_dir=True)
+        def open_output_stream(self, path, metadata):
+            return self.fs.open_output_stream(path, metadata=metadata)
 
-    def delete_file(self, path):
-        self.fs.delete_file(path)
+        def open_append_stream(self, path, metadata):
+            return self.fs.open_append_stream(path, metadata=metadata)
 
-    def move(self, src, dest):
-        self.fs.move(src, dest)
-
-    def copy_file(self, src, dest):
-        self.fs.copy_file(src, dest)
-
-    def open_input_stream(self, path):
-        return self.fs.open_input_stream(path)
-
-    def open_input_file(self, path):
-        return self.fs.open_input_file(path)
-
-    def open_output_stream(self, path, metadata):
-        return self.fs.open_output_stream(path, metadata=metadata)
-
-    def open_append_stream(self, path, metadata):
-        return self.fs.open_append_stream(path, metadata=metadata)
+    return ArrowS3

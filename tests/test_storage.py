@@ -87,8 +87,14 @@ def test_data_set_synced_from_s3_then_not_fetched_again(s3_server, s3_env, image
     assert store.sync_down(url, tmp_path / "mirror") == 0
     client.put_object(Bucket=bucket, Key="datasets/shapes/class_0/img_000.png", Body=(images / "class_1" / "img_001.png").read_bytes())
     assert store.sync_down(url, tmp_path / "mirror") == 1
-    r = run_job("train", "--data", f"s3://{bucket}/datasets/shapes/", *TINY, "--epochs", "1", "--output", tmp_path / "o",
-                "--json", env=s3_server.env)
+    # data and weights straight from S3 through the CLI
+    from job import model
+    import torch
+
+    torch.save(model.create("resnet18", "none", 3).state_dict(), tmp_path / "r18.pth")
+    client.upload_file(str(tmp_path / "r18.pth"), bucket, "weights/r18.pth")
+    r = run_job("train", "--data", f"s3://{bucket}/datasets/shapes/", *TINY, "--weights", f"s3://{bucket}/weights/r18.pth",
+                "--epochs", "1", "--output", tmp_path / "o", "--json", env=s3_server.env)
     assert r.returncode == 0, r.stderr
 
 
@@ -196,3 +202,17 @@ def test_endpoint_settings_resolve_from_config_then_environment(monkeypatch):
     aws = storage.Endpoint.resolve(region="eu-west-1")
     assert (aws.url, aws.region, aws.path_style) == (None, "eu-west-1", False)
     assert S3Config().to_dict() == {"endpoint": None, "region": None, "path_style": None}
+
+
+def test_the_filesystem_ray_pickles_holds_no_credentials(monkeypatch):
+    import pickle
+
+    import ray.cloudpickle
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    fs = run.store(S3Config(endpoint="http://127.0.0.1:1")).pyarrow_fs()
+    for dumps in (pickle.dumps, ray.cloudpickle.dumps):
+        blob = dumps(fs)
+        assert b"very-secret-value" not in blob and b"AKIAEXAMPLE" not in blob
+    assert pickle.loads(pickle.dumps(fs)).type_name == "py::s3"
