@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--output", metavar="DIR", help="run folder, local or s3://bucket/prefix (default: runs/train-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
-    p.add_argument("--resume", type=Path, metavar="CKPT", help="continue the run in this folder (or checkpoint.pt)")
+    p.add_argument("--resume", metavar="CKPT", help="continue the run in this folder (or checkpoint.pt)")
     _add_output_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -181,9 +181,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from job import bundle, checkpoint, config, report, run, storage
 
     s3 = resolve_config(args, config.S3Config)
-    if args.resume and storage.is_s3(str(args.resume)):
+    if args.resume and storage.is_s3(args.resume):
         raise BadInput("--resume takes the local run folder: a run written to s3:// is published when it has finished")
     if args.resume:
+        args.resume = Path(args.resume)
         if args.config or args.set or args.print_config:
             raise BadInput("--resume takes its settings from the checkpoint: drop --config/--set, or start a new run")
         changed = sorted(k for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k) and k not in RESUME_MAY_CHANGE)
