@@ -190,7 +190,7 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
     ok = np.zeros(n, dtype=bool)
     digests = [""] * n
 
-    def one(i: int) -> None:
+    def one(i: int, out: np.ndarray = out) -> None:
         data = split.files[i].read_bytes()
         digests[i] = hashlib.sha256(data).hexdigest()
         try:

@@ -15,7 +15,7 @@ import pytest
 from job import bundle, run, storage
 from job.config import S3Config
 from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE
-from tests.conftest import TINY, assert_error, make_folder, run_job
+from tests.conftest import TINY, assert_error, run_job
 
 SEARCH = [*TINY, "--epochs", "3", "--num-samples", "5", "--lr-range", "0.00001,0.3", "--set", "startup_trials=2"]
 
