@@ -76,6 +76,26 @@ def run_job(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path
                           env=full_env, timeout=timeout, cwd=cwd)
 
 
+def kill_after_trials_end(args: list[str], count: int, env: dict | None = None, cwd: Path | None = None) -> list[str]:
+    """Run `job ARGS` until `count` trials have ended, then SIGKILL its whole process group, as when a pod dies.
+    Returns the ids of the trials that ended, read from the progress lines ('[  21s] c9d7ccb4 completed | ...')."""
+    proc = subprocess.Popen([sys.executable, "-m", "job", *map(str, args)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}, cwd=cwd,
+                            start_new_session=True)
+    ended, deadline = [], time.monotonic() + 400
+    for line in proc.stderr:
+        m = re.match(r"\[\s*\d+s\] (\w+) (completed|stopped after)", line)
+        if m:
+            ended.append(m.group(1))
+        if len(ended) >= count or time.monotonic() > deadline:
+            break
+    time.sleep(2)  # let the experiment snapshot (every second) record them
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(ended) >= count, "the search did not get far enough before the deadline"
+    return ended
+
+
 def assert_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
     """A known error: one line on stderr naming the problem, the given exit code, no traceback."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)

@@ -1,11 +1,7 @@
 """S3 storage against a real S3 server (SeaweedFS here; MinIO or AWS when JOB_TEST_S3_ENDPOINT is set)."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +11,7 @@ import pytest
 from job import bundle, run, storage
 from job.config import S3Config
 from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE
-from tests.conftest import TINY, assert_error, run_job
+from tests.conftest import TINY, assert_error, kill_after_trials_end, run_job
 
 SEARCH = [*TINY, "--epochs", "3", "--num-samples", "5", "--lr-range", "0.00001,0.3", "--set", "startup_trials=2"]
 
@@ -98,13 +94,6 @@ def test_data_set_synced_from_s3_then_not_fetched_again(s3_server, s3_env, image
     assert r.returncode == 0, r.stderr
 
 
-def _progress_ended(line: str):
-    import re
-
-    m = re.match(r"\[\s*\d+s\] (\w+) (completed|stopped after)", line)
-    return m.group(1) if m else None
-
-
 def test_tune_on_s3_survives_losing_the_machine(s3_server, images, tmp_path):
     """job tune with --storage and --output on S3, killed (SIGKILL, whole process group), its local Ray folder and
     cache deleted as on a new pod, then resumed from S3 alone: it finishes without rerunning finished trials."""
@@ -118,18 +107,7 @@ def test_tune_on_s3_survives_losing_the_machine(s3_server, images, tmp_path):
         return home, {**s3_server.env, "JOB_CACHE": str(home / "cache"), "RAY_TMPDIR": str(home)}
 
     first, env = machine("pod-1")
-    proc = subprocess.Popen([sys.executable, "-m", "job", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env={**os.environ, **env}, cwd=first, start_new_session=True)
-    ended, deadline = [], time.monotonic() + 400
-    for line in proc.stderr:
-        if _progress_ended(line):
-            ended.append(_progress_ended(line))
-        if len(ended) >= 2 or time.monotonic() > deadline:
-            break
-    time.sleep(2)  # let the experiment snapshot reach S3
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(ended) >= 2
+    ended = kill_after_trials_end(args, 2, env=env, cwd=first)
     shutil.rmtree(first)  # the machine is gone
 
     second, env = machine("pod-2")

@@ -2,8 +2,6 @@
 
 import csv
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,7 +10,7 @@ import time
 import pytest
 
 from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
-from tests.conftest import assert_error, make_folder, run_job
+from tests.conftest import assert_error, kill_after_trials_end, make_folder, run_job
 
 # Small real images, a real model at 32 px: each epoch takes well under a second, so the cost is Ray's.
 TINY = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
@@ -83,27 +81,10 @@ def test_rerun_of_a_finished_search_exports_again_without_training(searched, dat
     assert " epoch " not in r.stderr  # no trial reported a new epoch
 
 
-def _ended_trials(line: str) -> str | None:
-    """The trial id in a progress line such as '[   21s] c9d7ccb4 stopped after epoch 2 | ...'."""
-    m = re.match(r"\[\s*\d+s\] (\w+) (completed|stopped after)", line)
-    return m.group(1) if m else None
-
-
 def test_killed_search_resumes_without_rerunning_finished_trials(data, tmp_path):
     """SIGKILL to the whole process group, as when a pod dies, then the same command finishes the search."""
     args = ["tune", "--data", str(data), *SEARCH, "--storage", str(tmp_path / "ray"), "--output", str(tmp_path / "out")]
-    proc = subprocess.Popen([sys.executable, "-m", "job", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
-    ended, deadline = [], time.monotonic() + 400
-    for line in proc.stderr:
-        if _ended_trials(line):
-            ended.append(_ended_trials(line))
-        if len(ended) >= 2 or time.monotonic() > deadline:
-            break
-    time.sleep(1.5)  # let the experiment snapshot (every second) record them
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(ended) >= 2, "the search did not get far enough before the deadline"
+    ended = kill_after_trials_end(args, 2)
 
     r = run_job(*args, "--json")
     assert r.returncode == 0, r.stderr[-3000:]
