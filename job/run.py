@@ -70,7 +70,7 @@ def fetched(location: str, cache: Path, s3: S3Config | None, folder: bool) -> Pa
     if folder:
         store(s3).sync_down(url, local)
     else:
-        store(s3).download(url, local)
+        store(s3).fetch(url, local)
     return local
 
 

@@ -199,6 +199,17 @@ class Store:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def fetch(self, url: S3Url, path: Path) -> bool:
+        """Download one object unless `path` already holds it (same size and ETag); True when it was fetched."""
+        head = self._call("reading", url, self.client.head_object, Bucket=url.bucket, Key=url.key)
+        stamp = path.with_name(f".{path.name}.etag")
+        seen = [head["ContentLength"], head["ETag"].strip('"')]
+        if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == seen and path.stat().st_size == seen[0]:
+            return False
+        self.download(url, path)
+        stamp.write_text(json.dumps(seen))
+        return True
+
     def sync_down(self, url: S3Url, folder: Path) -> int:
         """Mirror every object below `url` into `folder`; unchanged objects (same size and ETag) are not fetched
         again. Returns how many objects were downloaded."""

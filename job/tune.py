@@ -24,6 +24,7 @@ from pathlib import Path
 
 from job import bundle, checkpoint, report, run, storage
 from job.config import S3Config, SearchConfig, TrainConfig
+from job.data import Preprocessing
 from job.errors import BadInput, JobError
 from job.metrics import EPOCH_METRICS
 
@@ -414,17 +415,15 @@ def _export(cfg: TrainConfig, state: dict, best: Trial, trials: list[Trial], out
             resumed: bool, seconds: float) -> Outcome:
     """The best trial's best epoch as the same bundle `job train` writes, plus trials.csv/json and the plot."""
     trial_cfg = dataclasses.replace(cfg, lr=best.lr, step_size=best.step_size, gamma=best.gamma)
-    s_classes, prep = tuple(state["classes"]), state["preprocessing"]
-    weights = state["best_model"] if state["best_model"] is not None else state["model"]
+    weights = state["best_model"] if state["best_model"] is not None else state["model"]  # see Fit.checkpoint
     metrics = next(h for h in best.history if int(h["epoch"]) == state["best_epoch"])
-    from job.data import Preprocessing
-
-    folder = bundle.write(output / bundle.BEST_DIR, weights, model_name=cfg.model, classes=s_classes,
-                          prep=Preprocessing.from_dict(prep), config=trial_cfg.to_dict(), metrics=metrics,
-                          best_epoch=state["best_epoch"], data_fingerprint=state["data_fingerprint"])
+    folder = bundle.write(output / bundle.BEST_DIR, weights, model_name=cfg.model, classes=tuple(state["classes"]),
+                          prep=Preprocessing.from_dict(state["preprocessing"]), config=trial_cfg.to_dict(),
+                          metrics=metrics, best_epoch=state["best_epoch"], data_fingerprint=state["data_fingerprint"])
+    rows = [dataclasses.asdict(t) for t in trials]
     report.write_history(output, best.history)
-    report.write_trials(output, [dataclasses.asdict(t) for t in trials])
-    report.plot_trials(output / "trials.png", [dataclasses.asdict(t) for t in trials], best.trial_id)
+    report.write_trials(output, rows)
+    report.plot_trials(output / "trials.png", rows, best.trial_id)
     (output / run.RUN_FILE).write_text(json.dumps({
         "status": "done", "experiment": experiment, "best_trial": best.trial_id, "best": metrics,
         "config": trial_cfg.to_dict(), "versions": bundle.versions()}, indent=2))

@@ -58,6 +58,7 @@ def test_checkpoint_and_bundle_round_trip_give_identical_predictions(images, tmp
     x = data.normalise(x, s.prep)
 
     restored = run.setup(cfg, cache).fit
+    assert checkpoint.load(tmp_path / "r")["best_model"] is None  # the best epoch is the last: its weights once
     restored.restore(checkpoint.load(tmp_path / "r"))
     trained = model.create("resnet18", "none", 3)
     trained.load_state_dict(checkpoint.load(tmp_path / "r")["model"])

@@ -89,6 +89,9 @@ def test_data_set_synced_from_s3_then_not_fetched_again(s3_server, s3_env, image
 
     torch.save(model.create("resnet18", "none", 3).state_dict(), tmp_path / "r18.pth")
     client.upload_file(str(tmp_path / "r18.pth"), bucket, "weights/r18.pth")
+    weights_url = storage.S3Url.parse(f"s3://{bucket}/weights/r18.pth")
+    assert store.fetch(weights_url, tmp_path / "w" / "r18.pth") is True
+    assert store.fetch(weights_url, tmp_path / "w" / "r18.pth") is False  # each trial asks; one download
     r = run_job("train", "--data", f"s3://{bucket}/datasets/shapes/", *TINY, "--weights", f"s3://{bucket}/weights/r18.pth",
                 "--epochs", "1", "--output", tmp_path / "o", "--json", env=s3_server.env)
     assert r.returncode == 0, r.stderr
