@@ -159,6 +159,28 @@ def _resources(search_cfg: SearchConfig, cfg: TrainConfig) -> tuple[dict, int, i
     return {"cpu": per_cpu, "gpu": per_gpu}, per_cpu, concurrent
 
 
+def resumable_optuna_search(sampler):
+    """OptunaSearch that lets a trial it has not seen report, instead of failing the whole search.
+
+    After a kill, the experiment state and the searcher state on storage are snapshots from slightly different
+    moments (S3 uploads them separately), so a resumed experiment can continue a trial that the restored Optuna
+    study never asked for. OptunaSearch then raises KeyError on its first result. Such a trial still runs, counts
+    and can win; only TPE does not learn from it.
+    """
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ResumableOptunaSearch(OptunaSearch):
+        def on_trial_result(self, trial_id, result):
+            if trial_id in self._ot_trials:
+                super().on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._ot_trials:
+                super().on_trial_complete(trial_id, result=result, error=error)
+
+    return ResumableOptunaSearch(sampler=sampler)
+
+
 def _space(search_cfg: SearchConfig, cfg: TrainConfig) -> dict:
     from ray import tune
 
@@ -315,7 +337,6 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, v
     """A new Tuner, or the saved one when the experiment can be resumed; (tuner, resumed)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -339,7 +360,7 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, v
         param_space=_space(search_cfg, cfg),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=search_cfg.num_samples,
-            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)),
+            search_alg=resumable_optuna_search(optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)),
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
                                     grace_period=search_cfg.grace_period, reduction_factor=search_cfg.reduction_factor),
             max_concurrent_trials=concurrent, time_budget_s=search_cfg.time_budget_s, reuse_actors=True,

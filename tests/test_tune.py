@@ -156,3 +156,21 @@ def test_changed_settings_do_not_silently_resume(searched, data):
 def test_help_and_train_never_import_ray():
     code = "import sys, job.cli, job.run; job.cli.build_parser(); assert 'ray' not in sys.modules and 'optuna' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_trial_unknown_to_the_restored_study_does_not_fail_the_search():
+    """After a kill, S3 may hold a searcher snapshot older than the experiment state: a resumed trial the
+    Optuna study never asked for must be able to report (plain OptunaSearch raises KeyError)."""
+    import optuna
+    from ray import tune as raytune
+
+    from job.tune import resumable_optuna_search
+
+    searcher = resumable_optuna_search(optuna.samplers.TPESampler(seed=0))
+    searcher.set_search_properties("val_acc", "max", {"lr": raytune.loguniform(1e-4, 1e-1)})
+    assert "lr" in searcher.suggest("known")
+    searcher.on_trial_result("known", {"val_acc": 0.5, "training_iteration": 1})
+    searcher.on_trial_result("lost-in-snapshot", {"val_acc": 0.7, "training_iteration": 1})
+    searcher.on_trial_complete("lost-in-snapshot", {"val_acc": 0.7, "training_iteration": 2})
+    searcher.on_trial_complete("known", {"val_acc": 0.6, "training_iteration": 2})
+    assert len(searcher._ot_study.trials) == 1
