@@ -12,13 +12,14 @@ import dataclasses
 import datetime
 import errno
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 from job import __version__
-from job.errors import EXIT_FAILURE, BadInput, Interrupted, JobError
+from job.errors import EXIT_FAILURE, EXIT_OK, BadInput, Interrupted, JobError
 
 # The machine, not job, is at fault: disk full, quota, permissions, read-only file system.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
@@ -130,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="list every setting with its default and meaning")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("models", help="list the model names --model takes")
+    p = sub.add_parser("models", help="list the model names --model takes, or download weights for offline use")
+    p.add_argument("--download", nargs="+", metavar="NAME[:WEIGHTS]",
+                   help="fetch torchvision weights (DEFAULT unless named) into the torch cache ($TORCH_HOME), "
+                        "e.g. resnet50 or resnet50:IMAGENET1K_V2; the only command that uses the network")
     p.set_defaults(func=cmd_models)
     return parser
 
@@ -178,8 +182,9 @@ def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from job import bundle, checkpoint, config, report, run, storage
+    from job import bundle, checkpoint, config, cpus, report, run, storage
 
+    cpus.limit_torch_threads()
     s3 = resolve_config(args, config.S3Config)
     if args.resume and storage.is_s3(args.resume):
         raise BadInput("--resume takes the local run folder: a run written to s3:// is published when it has finished")
@@ -295,8 +300,9 @@ def _load_bundle(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from job import config, inference, report, run, storage
+    from job import config, cpus, inference, report, run, storage
 
+    cpus.limit_torch_threads()
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
     b = _load_bundle(args)
@@ -327,8 +333,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from job import inference, report
+    from job import cpus, inference, report
 
+    cpus.limit_torch_threads()
     if args.top_k < 1:
         raise BadInput(f"--top-k {args.top_k} must be >= 1")
     b = _load_bundle(args)
@@ -354,9 +361,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from job.model import model_names
+    from job import model
 
-    print("\n".join(model_names()))
+    if not args.download:
+        print("\n".join(model.model_names()))
+    for spec in args.download or ():
+        print(f"{spec}: {model.download(spec)}")
     return 0
 
 
@@ -375,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("job: interrupted", file=sys.stderr)
         return Interrupted.exit_code
+    except BrokenPipeError:  # `job models | head`: the reader has gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush cannot fail again
+        return EXIT_OK
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise  # anything else is a bug: keep the traceback

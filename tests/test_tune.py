@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,22 @@ def test_rerun_of_a_finished_search_exports_again_without_training(searched, dat
     again = json.loads(r.stdout)
     assert again["resumed"] and again["best"]["trial_id"] == result["best"]["trial_id"]
     assert " epoch " not in r.stderr  # no trial reported a new epoch
+
+
+def test_a_best_trial_whose_checkpoint_is_gone_is_passed_over(searched, data, tmp_path):
+    """Storage that lost the best trial's checkpoints still yields a bundle: the best trial that has one, said so."""
+    root, result, _ = searched
+    shutil.copytree(root / "ray", tmp_path / "ray")
+    best = result["best"]["trial_id"]
+    for folder in (tmp_path / "ray" / "job-tune").glob(f"trial_*_{best}/checkpoint_*"):
+        shutil.rmtree(folder)
+    r = run_job("tune", "--data", data, *SEARCH, "--storage", tmp_path / "ray", "--output", tmp_path / "out", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"trial {best} " in r.stderr and "passed over" in r.stderr
+    again = json.loads(r.stdout)
+    assert again["best"]["trial_id"] != best
+    manifest = json.loads((tmp_path / "out" / "best" / "bundle.json").read_text())
+    assert manifest["metrics"]["val_acc"] == again["best"]["val_acc"]
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(data, tmp_path):

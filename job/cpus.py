@@ -1,0 +1,45 @@
+"""How many CPUs this process may really use: the affinity mask, capped by a container's CPU limit.
+
+`os.cpu_count()` (and torch's default thread count) is the host's core count: in a container limited to 4 CPUs on
+a 64-core node, 64 threads would fight over 4 CPUs' worth of time. cgroup v2 (`cpu.max`) and v1
+(`cpu.cfs_quota_us` / `cpu.cfs_period_us`) are read; a fractional limit rounds up, never below 1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def available(cgroup: Path = CGROUP) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    limit = quota(cgroup)
+    return max(1, min(cpus, math.ceil(limit))) if limit else max(1, cpus)
+
+
+def quota(cgroup: Path = CGROUP) -> float | None:
+    """The CPU limit in CPUs (e.g. 2.5), or None when there is none."""
+    try:
+        v2 = cgroup / "cpu.max"
+        if v2.is_file():
+            limit, period = v2.read_text().split()[:2]
+            return None if limit == "max" else int(limit) / int(period)
+        limit = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if limit <= 0 or period <= 0 else limit / period
+    except (OSError, ValueError):
+        return None
+
+
+def limit_torch_threads() -> None:
+    """torch's threads to the CPUs this process may use, unless the user chose with OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(available())
