@@ -8,6 +8,7 @@ inside the subcommands, so `job --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import datetime
 import errno
@@ -397,5 +398,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
 
+def entry() -> None:
+    """The `job` command (and `python -m job`): main(), then a quick exit. The interpreter's own teardown of torch,
+    Ray and matplotlib takes a second or more (bench/) and does nothing that a finished command needs; the atexit
+    handlers (Ray's shutdown, logging) still run, and an unexpected error still ends with its traceback."""
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

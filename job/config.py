@@ -175,9 +175,12 @@ class SearchConfig(Settings):
     """How `job tune` searches: the space of lr, step_size and gamma, the budget, resources and storage."""
 
     SECTION: ClassVar[str] = "tune"
-    lr_range: tuple[float, float] = _field((1e-4, 1e-1), "lr is sampled log-uniformly from [min, max]")
+    lr_range: tuple[float, float] = _field((1e-4, 1e-1), "lr is sampled log-uniformly from [min, max]; min = max fixes it")
     step_size_range: tuple[int, int] | None = _field(None, "step_size is sampled from the integers [min, max]; default [1, epochs]")
-    gamma_range: tuple[float, float] = _field((0.05, 0.9), "gamma is sampled uniformly from [min, max]")
+    gamma_range: tuple[float, float] = _field((0.05, 0.9), "gamma is sampled uniformly from [min, max]; min = max fixes it")
+    sampler: str = _field("tpe", "tpe (Optuna's TPE) or random (Optuna's random sampler: a baseline)", ("tpe", "random"))
+    early_stopping: str = _field("asha", "asha (stop weak trials early) or none (every trial runs all epochs: a baseline)",
+                                 ("asha", "none"))
     num_samples: int = _field(8, "Trials to run")
     max_concurrent: int = _field(0, "Trials running at once (0: as many as the resources allow)")
     time_budget_s: float | None = _field(None, "Stop the search after this many seconds and export the best so far")
@@ -193,8 +196,8 @@ class SearchConfig(Settings):
     def __post_init__(self) -> None:
         for key, low in (("lr_range", 0), ("gamma_range", 0)):
             lo, hi = getattr(self, key)
-            if not low < lo < hi:
-                raise BadInput(f"{key} = {lo:g},{hi:g} is empty or inverted: give min,max with {low} < min < max")
+            if not low < lo <= hi:
+                raise BadInput(f"{key} = {lo:g},{hi:g} is empty or inverted: give min,max with {low} < min <= max")
         if self.gamma_range[1] > 1:
             raise BadInput(f"gamma_range max {self.gamma_range[1]:g} is above 1: gamma must be in (0, 1]")
         if self.step_size_range is not None and not 1 <= self.step_size_range[0] <= self.step_size_range[1]:

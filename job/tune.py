@@ -9,6 +9,7 @@ the Optuna study keeps its history), which is what lets a preempted Kubernetes J
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -185,11 +186,13 @@ def _space(search_cfg: SearchConfig, cfg: TrainConfig) -> dict:
     from ray import tune
 
     lo, hi = search_cfg.step_size_range or (1, cfg.epochs)
-    return {
+    space = {
         "lr": tune.loguniform(*search_cfg.lr_range),
         "step_size": tune.randint(lo, hi + 1),  # randint's upper bound is exclusive
         "gamma": tune.uniform(*search_cfg.gamma_range),
     }
+    fixed = {"lr": search_cfg.lr_range, "step_size": (lo, hi), "gamma": search_cfg.gamma_range}
+    return {k: fixed[k][0] if fixed[k][0] == fixed[k][1] else v for k, v in space.items()}  # min = max: not searched
 
 
 def _settings(cfg: TrainConfig, search_cfg: SearchConfig) -> dict:
@@ -272,7 +275,17 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str, *, restart: 
     _quiet_ray()
     import ray
 
-    _start_ray()
+    # Ray starts (seconds) while the driver prepares the data set and checks the model: each waits for the other
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        note("preparing the data set (decoded once, shared by every trial on this machine)")
+        prepared = pool.submit(run.setup, dataclasses.replace(cfg, device="cpu"), run.cache_dir(), s3=s3)
+        try:
+            _start_ray()
+        finally:
+            error = prepared.exception()  # waits for the preparation either way
+    if error is not None:
+        ray.shutdown()
+        raise error
     try:
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         if nodes > 1 and not search_cfg.storage.startswith("s3://"):
@@ -293,14 +306,21 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str, *, restart: 
             raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
                            f"see {experiment.location} for each trial's error")
         best, state = _best_with_checkpoint(grid, done)
-    finally:
+    except BaseException:
         ray.shutdown()
-    remote = storage.is_s3(output)
-    local = run.staging(output, run.cache_dir()) if remote else Path(output)
-    outcome = _export(cfg, state, best, trials, local, experiment.location, resumed, time.perf_counter() - started)
-    if remote:
-        run.publish(local, output, s3)
-        outcome = dataclasses.replace(outcome, output=output, bundle=f"{output}/{bundle.BEST_DIR}")
+        raise
+    # Ray stops (a second or two) while the best trial is exported
+    stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    stopping.start()
+    try:
+        remote = storage.is_s3(output)
+        local = run.staging(output, run.cache_dir()) if remote else Path(output)
+        outcome = _export(cfg, state, best, trials, local, experiment.location, resumed, time.perf_counter() - started)
+        if remote:
+            run.publish(local, output, s3)
+            outcome = dataclasses.replace(outcome, output=output, bundle=f"{output}/{bundle.BEST_DIR}")
+    finally:
+        stopping.join()
     return outcome
 
 
@@ -346,17 +366,15 @@ def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experimen
         raise BadInput(f"grace_period = {search_cfg.grace_period} is above epochs = {cfg.epochs}: lower it or raise --epochs")
     if os.environ.get("RAY_ADDRESS"):
         _probe(os.environ["RAY_ADDRESS"])
-    # The whole data path runs once in the driver: bad data fails here, before any trial, and the decoded data
-    # set lands in the cache once for every trial on this machine. On the CPU: the driver may run where the
-    # trials' GPUs are not (a KubeRay head node), and needs none.
-    note("preparing the data set (decoded once, shared by every trial on this machine)")
-    run.setup(dataclasses.replace(cfg, device="cpu"), run.cache_dir(), s3=s3)
+    # Then `search` runs the whole data path once in the driver, while Ray starts: bad data fails before any trial,
+    # and the decoded data set lands in the cache once for every trial on this machine. On the CPU: the driver may
+    # run where the trials' GPUs are not (a KubeRay head node), and needs none.
 
 
 def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, view, note, s3: S3Config | None):
     """A new Tuner, or the saved one when the experiment can be resumed; (tuner, resumed)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -374,15 +392,21 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, v
         return tuner, True
     note(f"new experiment {experiment.location}: {search_cfg.num_samples} trials, {concurrent} at a time, "
          f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
+    space = _space(search_cfg, cfg)
     startup = search_cfg.startup_trials or min(10, max(2, search_cfg.num_samples // 3))
+    sampler = (optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup) if search_cfg.sampler == "tpe"
+               else optuna.samplers.RandomSampler(seed=cfg.seed))
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=search_cfg.grace_period,
+                               reduction_factor=search_cfg.reduction_factor)
+                 if search_cfg.early_stopping == "asha" else FIFOScheduler())
     tuner = tune.Tuner(
         fn,
-        param_space=_space(search_cfg, cfg),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=search_cfg.num_samples,
-            search_alg=resumable_optuna_search(optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)),
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
-                                    grace_period=search_cfg.grace_period, reduction_factor=search_cfg.reduction_factor),
+            # with every value fixed there is nothing to sample: Ray's default generator runs the one config
+            search_alg=resumable_optuna_search(sampler) if any(not isinstance(v, (int, float)) for v in space.values()) else None,
+            scheduler=scheduler,
             max_concurrent_trials=concurrent, time_budget_s=search_cfg.time_budget_s, reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
         ),

