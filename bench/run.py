@@ -202,7 +202,6 @@ def bench_storage(plan: Plan, run_folder: Path, table: Table, raw: dict) -> None
     folder = Path(tempfile.mkdtemp(prefix="job-bench-weed-"))
     with s3_server(folder) as server:
         os.environ.update(server.env)  # job's Store reads the standard variables, as a user's shell would set them
-        storage.measure(server, run_folder)  # warm-up: the server allocates its volumes on the first writes
         runs = [storage.measure(server, run_folder) for _ in range(plan.repeats)]
     raw["storage"] = runs
     for what in runs[0]:

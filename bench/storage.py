@@ -39,7 +39,7 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
     try:
         url = S3Url(bucket, "job/run")
         store.check_writable(url)  # both clients made and connected before any timing: transfers, not start-up
-        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        client.upload_file(str(ckpt), bucket, "warm-up")  # SeaweedFS grows a new bucket's volumes on its first writes
         up_job = _mb_per_s(bundle_bytes, lambda: store.publish(best, url.join(bundle.BEST_DIR), last=bundle.MANIFEST))
         up_ref = _mb_per_s(model_file.stat().st_size, lambda: client.upload_file(str(model_file), bucket, "ref/model.pt"))
         results["bundle upload"] = (up_job, up_ref)
