@@ -62,6 +62,7 @@ def test_checkpoint_and_bundle_round_trip_give_identical_predictions(images, tmp
     restored.restore(checkpoint.load(tmp_path / "r"))
     trained = model.create("resnet18", "none", 3)
     trained.load_state_dict(checkpoint.load(tmp_path / "r")["model"])
+    trained = trained.to(memory_format=torch.channels_last)  # as job trains and predicts, on every device
     b = bundle.load(result.bundle)
     with torch.no_grad():
         expected = trained.eval()(x)

@@ -142,7 +142,7 @@ def test_a_diverging_trial_errors_with_its_reason_and_the_search_goes_on(data, t
     "flags, fragments",
     [
         (["--lr-range", "0.1,0.001"], ["lr_range = 0.1,0.001 is empty or inverted"]),
-        (["--gamma-range", "0.5,0.5"], ["gamma_range = 0.5,0.5 is empty or inverted"]),
+        (["--gamma-range", "0.5,0.4"], ["gamma_range = 0.5,0.4 is empty or inverted"]),
         (["--step-size-range", "3,1"], ["step_size_range = 3,1"]),
         (["--num-samples", "0"], ["num_samples = 0", ">= 1"]),
         (["--gpus-per-trial", "1"], ["gpus_per_trial = 1", "0 GPU"]),
