@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -147,12 +148,20 @@ def bench_search(plan: Plan, table: Table, raw: dict) -> None:
     table.add(s, "trial-epochs", median(t["trial_epochs"]), ref, median(b["trial_epochs"]), "epochs", "<= 0.5x",
               median(t["trial_epochs"]) <= 0.5 * median(b["trial_epochs"]))
     table.add(s, "wall time", median(t["seconds"]), ref, median(b["seconds"]), "s")
-    noise = max(max(b["best_val_acc"]) - min(b["best_val_acc"]), 0.01)  # the baseline's own spread over seeds
+    noise = search_noise(plan, b["best_val_acc"])
     gap = median(t["best_val_acc"]) - median(b["best_val_acc"])
     table.add(s, "best val_acc", median(t["best_val_acc"]), ref, median(b["best_val_acc"]), "acc",
               f"same within noise (±{noise:.3f})", gap >= -noise)
     for x in tuned + random:
         search.cleanup(x)
+
+
+def search_noise(plan: Plan, baseline: list[float]) -> float:
+    """What "the same best val_acc" allows: one standard error of an accuracy measured on the search's validation
+    images, sqrt(p (1 - p) / n), or the baseline's own spread over seeds, whichever is larger."""
+    per_class = int(next(a.split("=")[1] for a in plan.search if a.startswith("builtin_val_per_class=")))
+    p = median(baseline)
+    return max(math.sqrt(p * (1 - p) / (10 * per_class)), max(baseline) - min(baseline))
 
 
 def bench_orchestration(plan: Plan, table: Table, raw: dict) -> Path:
