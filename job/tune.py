@@ -185,6 +185,25 @@ def resumable_optuna_search(sampler):
     return ResumableOptunaSearch(sampler=sampler)
 
 
+def consistent_search(searcher, max_concurrent: int):
+    """Ray's SearchGenerator around `searcher`, whose count of created trials is never behind the experiment's.
+
+    Ray uploads the experiment state (its trials) and the generator's state one after the other; after a kill the
+    generator's count may lag the trials already created, and the resumed search would create more than num_samples.
+    On restore the count is raised to the number of trials in the newest experiment state beside it.
+    """
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    class ConsistentSearchGenerator(SearchGenerator):
+        def restore_from_dir(self, dirpath: str):
+            super().restore_from_dir(dirpath)
+            states = sorted(Path(dirpath).glob("experiment_state-*.json"))  # newest last, as Ray picks it
+            if states:
+                self._counter = max(self._counter, len(json.loads(states[-1].read_text())["trial_data"]))
+
+    return ConsistentSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+
+
 def _space(search_cfg: SearchConfig, cfg: TrainConfig) -> dict:
     from ray import tune
 
@@ -309,21 +328,15 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str, *, restart: 
             raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
                            f"see {experiment.location} for each trial's error")
         best, state = _best_with_checkpoint(grid, done)
-    except BaseException:
-        ray.shutdown()
-        raise
-    # Ray stops (a second or two) while the best trial is exported
-    stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-    stopping.start()
-    try:
-        remote = storage.is_s3(output)
-        local = run.staging(output, run.cache_dir()) if remote else Path(output)
-        outcome = _export(cfg, state, best, trials, local, experiment.location, resumed, time.perf_counter() - started)
-        if remote:
-            run.publish(local, output, s3)
-            outcome = dataclasses.replace(outcome, output=output, bundle=f"{output}/{bundle.BEST_DIR}")
     finally:
-        stopping.join()
+        # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
+        ray.shutdown()
+    remote = storage.is_s3(output)
+    local = run.staging(output, run.cache_dir()) if remote else Path(output)
+    outcome = _export(cfg, state, best, trials, local, experiment.location, resumed, time.perf_counter() - started)
+    if remote:
+        run.publish(local, output, s3)
+        outcome = dataclasses.replace(outcome, output=output, bundle=f"{output}/{bundle.BEST_DIR}")
     return outcome
 
 
@@ -396,6 +409,7 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, v
     note(f"new experiment {experiment.location}: {search_cfg.num_samples} trials, {concurrent} at a time, "
          f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
     space = _space(search_cfg, cfg)
+    sampled = any(not isinstance(v, (int, float)) for v in space.values())
     startup = search_cfg.startup_trials or min(10, max(2, search_cfg.num_samples // 3))
     sampler = (optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup) if search_cfg.sampler == "tpe"
                else optuna.samplers.RandomSampler(seed=cfg.seed))
@@ -408,9 +422,9 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, v
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=search_cfg.num_samples,
             # with every value fixed there is nothing to sample: Ray's default generator runs the one config
-            search_alg=resumable_optuna_search(sampler) if any(not isinstance(v, (int, float)) for v in space.values()) else None,
+            search_alg=consistent_search(resumable_optuna_search(sampler), concurrent) if sampled else None,
             scheduler=scheduler,
-            max_concurrent_trials=concurrent, time_budget_s=search_cfg.time_budget_s, reuse_actors=True,
+            max_concurrent_trials=None if sampled else concurrent, time_budget_s=search_cfg.time_budget_s, reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
