@@ -249,7 +249,8 @@ def markdown(results: dict) -> str:
              + (f", {m['gpu']}" if m["gpu"] else ", no GPU")
              + f"; Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, Ray {m['ray']}, "
              f"Optuna {m['optuna']}. Median of {results['repeats']} repeats"
-             + (" (SMOKE RUN: tiny settings, the figures mean nothing)" if results["smoke"] else "") + ".", "",
+             + (" (SMOKE RUN: tiny settings, the figures mean nothing)" if results["smoke"] else "") + "."
+             + (f" Note: {results['note']}." if results.get("note") else ""), "",
              "| | measure | job | reference | ratio | target |", "|---|---|---|---|---|---|"]
     for r in results["rows"]:
         ref = f"{fmt(r['ref'])} {r['unit']} ({r['reference']})" if r["ref"] is not None else r["reference"]
