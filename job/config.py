@@ -143,14 +143,18 @@ def _coerce_scalar(cls: type, key: str, value: Any, want: type, source: str) -> 
     raise BadInput(f"{key} = {value!r} in {source} is not a {want.__name__}: give e.g. {key} = {json.dumps(_jsonable(example))}")
 
 
+def _check_choices(c: Settings) -> None:
+    for f in dataclasses.fields(c):
+        if f.metadata["choices"] and getattr(c, f.name) is not None and getattr(c, f.name) not in f.metadata["choices"]:
+            raise BadInput(f"{f.name} = {getattr(c, f.name)!r} is not known: choose one of {', '.join(f.metadata['choices'])}")
+
+
 def _validate(c: TrainConfig) -> None:
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
             raise BadInput(f"{key} = {getattr(c, key)!r} is out of range: {key} must be {rule}")
 
-    for f in dataclasses.fields(c):
-        if f.metadata["choices"] and getattr(c, f.name) is not None and getattr(c, f.name) not in f.metadata["choices"]:
-            raise BadInput(f"{f.name} = {getattr(c, f.name)!r} is not known: choose one of {', '.join(f.metadata['choices'])}")
+    _check_choices(c)
     need(c.lr > 0, "lr", "> 0 (e.g. 0.01)")
     need(c.epochs >= 1, "epochs", ">= 1")
     need(c.batch_size >= 1, "batch_size", ">= 1")
@@ -194,6 +198,7 @@ class SearchConfig(Settings):
     name: str = _field("job-tune", "Experiment name: an unfinished experiment of this name is resumed")
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         for key, low in (("lr_range", 0), ("gamma_range", 0)):
             lo, hi = getattr(self, key)
             if not low < lo <= hi:

@@ -145,6 +145,7 @@ def test_a_diverging_trial_errors_with_its_reason_and_the_search_goes_on(data, t
         (["--gamma-range", "0.5,0.4"], ["gamma_range = 0.5,0.4 is empty or inverted"]),
         (["--step-size-range", "3,1"], ["step_size_range = 3,1"]),
         (["--num-samples", "0"], ["num_samples = 0", ">= 1"]),
+        (["--set", "sampler=grid"], ["sampler = 'grid' is not known: choose one of tpe, random"]),
         (["--gpus-per-trial", "1"], ["gpus_per_trial = 1", "0 GPU"]),
         (["--storage", "/etc/hostname/ray"], ["storage '/etc/hostname/ray' is not writable"]),
         (["--lr", "0.1"], ["job tune samples lr: set its range with --lr-range MIN,MAX"]),
