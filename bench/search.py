@@ -30,14 +30,14 @@ class Run:
     folder: Path
 
 
-def job(*args: str, env: dict | None = None) -> Run:
+def job(*args: str) -> Run:
     """`job ARGS --output out` in a fresh folder (its Ray experiment lands there too), with its progress lines; the
     result is read back from what it wrote: out/run.json, and for a search out/trials.json as "trials"."""
     folder = Path(tempfile.mkdtemp(prefix="job-bench-", dir=os.environ.get("RAY_TMPDIR", "/tmp")))
     cmd = [sys.executable, "-m", "job", *args, "--output", "out"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_TMPDIR": str(folder), **(env or {})})
+                            env={**os.environ, "RAY_TMPDIR": str(folder)})
     lines = [(time.perf_counter() - start, line.rstrip("\n")) for line in proc.stderr]
     proc.stdout.read()
     proc.wait()

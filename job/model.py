@@ -159,11 +159,12 @@ def download(spec: str) -> Path:
     except (ValueError, KeyError):
         raise BadInput(f"model '{name}' has no published weights: pass --weights none (or a file) when training it") from None
     path = _cache_path(w)
-    if path.is_file() and (not _hash_prefix(path) or sha256(path).startswith(_hash_prefix(path))):
+    prefix = _hash_prefix(path)
+    if path.is_file() and (not prefix or sha256(path).startswith(prefix)):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # to a temporary file, checked, then renamed: never a half-written file under the final name
-        torch.hub.download_url_to_file(w.url, str(path), hash_prefix=_hash_prefix(path), progress=False)
+        torch.hub.download_url_to_file(w.url, str(path), hash_prefix=prefix, progress=False)
     except RuntimeError as e:  # hash mismatch
         raise JobError(f"{w.url} did not match its SHA-256 prefix ({e}): download again") from None
     except OSError as e:  # no network, DNS, HTTP errors (URLError is an OSError)

@@ -147,7 +147,7 @@ def _resources(search_cfg: SearchConfig, cfg: TrainConfig) -> tuple[dict, int, i
     import ray
 
     total = ray.cluster_resources()
-    cpus, gpus = int(total.get("CPU", 1)), float(total.get("GPU", 0))
+    cpu_count, gpus = int(total.get("CPU", 1)), float(total.get("GPU", 0))
     use_gpu = gpus > 0 and cfg.device != "cpu"
     per_gpu = search_cfg.gpus_per_trial if search_cfg.gpus_per_trial is not None else (1.0 if use_gpu else 0.0)
     if per_gpu > gpus:
@@ -155,11 +155,11 @@ def _resources(search_cfg: SearchConfig, cfg: TrainConfig) -> tuple[dict, int, i
     if per_gpu > 0:
         slots = int(gpus / per_gpu)
     else:
-        slots = search_cfg.max_concurrent or min(search_cfg.num_samples, max(2, cpus // 4), cpus)
+        slots = search_cfg.max_concurrent or min(search_cfg.num_samples, max(2, cpu_count // 4), cpu_count)
     concurrent = min(search_cfg.max_concurrent or slots, slots, search_cfg.num_samples)
-    per_cpu = search_cfg.cpus_per_trial or max(1, cpus // max(1, concurrent))
-    if per_cpu > cpus:
-        raise BadInput(f"cpus_per_trial = {per_cpu} but the Ray cluster has {cpus} CPU(s): lower --cpus-per-trial")
+    per_cpu = search_cfg.cpus_per_trial or max(1, cpu_count // max(1, concurrent))
+    if per_cpu > cpu_count:
+        raise BadInput(f"cpus_per_trial = {per_cpu} but the Ray cluster has {cpu_count} CPU(s): lower --cpus-per-trial")
     return {"cpu": per_cpu, "gpu": per_gpu}, per_cpu, concurrent
 
 
@@ -273,10 +273,7 @@ class Experiment:
             shutil.rmtree(self.folder)
 
 
-def _check_compatible(experiment: Experiment, settings: dict) -> None:
-    saved = experiment.settings()
-    if saved is None:
-        return
+def _check_compatible(experiment: Experiment, saved: dict, settings: dict) -> None:
     changed = sorted(
         f"{key}" for section in ("train", "tune") for key in settings[section]
         if key not in RUNTIME_KEYS and saved.get(section, {}).get(key) != settings[section][key]
@@ -293,7 +290,7 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str, *, restart: 
     started = time.perf_counter()
     note = say if progress else (lambda line: None)
     experiment = Experiment(search_cfg.storage, search_cfg.name, s3)
-    _preflight(cfg, search_cfg, experiment, output, restart, overwrite, note, s3)
+    saved = _preflight(cfg, search_cfg, experiment, output, restart, overwrite, s3)
     _quiet_ray()
     import ray
 
@@ -310,14 +307,14 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str, *, restart: 
         raise error
     try:
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
-        if nodes > 1 and not search_cfg.storage.startswith("s3://"):
+        if nodes > 1 and not experiment.remote:
             raise BadInput(f"the Ray cluster has {nodes} nodes but storage '{search_cfg.storage}' is local to one: "
                            "pass --storage s3://bucket/prefix so every node can reach the experiment")
         if restart:
             experiment.delete()
         view = _progress(search_cfg.num_samples, cfg.epochs, progress)
         with storage.secrets_out_of_environment(), GracefulStop() as stop:
-            tuner, resumed = _tuner(cfg, search_cfg, experiment, view, note, s3)
+            tuner, resumed = _tuner(cfg, search_cfg, experiment, saved is not None and not restart, view, note, s3)
             grid = tuner.fit()
         if stop.requested:
             raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
@@ -363,19 +360,20 @@ def _best_with_checkpoint(grid, done: list[Trial]) -> tuple[Trial, dict]:
 
 
 def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, output: str, restart: bool,
-               overwrite: bool, note, s3: S3Config | None) -> None:
-    """Every check that can fail before Ray starts: storage, output, settings, cluster address, data, model."""
+               overwrite: bool, s3: S3Config | None) -> dict | None:
+    """Every check that can fail before Ray starts: storage, output, settings, cluster address. Returns the settings
+    the experiment was started with, if it exists."""
     experiment.check_writable()
     if storage.is_s3(output):
         run.check_remote_output(output, s3, overwrite or restart, experiment=experiment.location)
     else:
         run.check_tune_output(Path(output), experiment.location, overwrite or restart)
         run.ensure_writable(Path(output), "output folder")
-    settings = experiment.settings()
-    if settings is None and experiment.has_files():
+    saved = experiment.settings()
+    if saved is None and experiment.has_files():
         raise BadInput(f"'{experiment.location}' exists but is not a job tune experiment: pick another --name or --storage")
-    if not restart:
-        _check_compatible(experiment, _settings(cfg, search_cfg))
+    if saved is not None and not restart:
+        _check_compatible(experiment, saved, _settings(cfg, search_cfg))
     if search_cfg.step_size_range and search_cfg.step_size_range[1] > cfg.epochs:
         raise BadInput(f"step_size_range max {search_cfg.step_size_range[1]} is above epochs = {cfg.epochs}: lower it or raise --epochs")
     if search_cfg.grace_period > cfg.epochs:
@@ -385,10 +383,12 @@ def _preflight(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experimen
     # Then `search` runs the whole data path once in the driver, while Ray starts: bad data fails before any trial,
     # and the decoded data set lands in the cache once for every trial on this machine. On the CPU: the driver may
     # run where the trials' GPUs are not (a KubeRay head node), and needs none.
+    return saved
 
 
-def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, view, note, s3: S3Config | None):
-    """A new Tuner, or the saved one when the experiment can be resumed; (tuner, resumed)."""
+def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, exists: bool, view, note,
+           s3: S3Config | None):
+    """A new Tuner, or the saved one when the experiment `exists` and can be resumed; (tuner, resumed)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     import optuna
@@ -399,7 +399,7 @@ def _tuner(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, v
         tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(run.cache_dir()), threads=threads,
                              s3=(s3 or S3Config()).to_dict()), resources
     )
-    if experiment.settings() is not None and tune.Tuner.can_restore(experiment.ray_path, storage_filesystem=experiment.fs):
+    if exists and tune.Tuner.can_restore(experiment.ray_path, storage_filesystem=experiment.fs):
         note(f"resuming experiment {experiment.location}")
         tuner = tune.Tuner.restore(experiment.ray_path, fn, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=experiment.fs)
