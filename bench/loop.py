@@ -50,7 +50,7 @@ def job_loop(case: Case) -> tuple[float, float]:
     train = timed(lambda: loop.train_one_epoch(fit.model, fit.train, fit.optimizer, fit.loss_fn, fit.scaler, fit.device,
                                                fit.prep, fit.amp, fit.num_classes).result("train"))
     val = timed(lambda: loop.evaluate(fit.model, fit.val, fit.loss_fn, fit.device, fit.prep, fit.amp,
-                                      fit.num_classes)[0].result("val"))
+                                      fit.num_classes).result("val"))
     return case.images / train, case.images / val
 
 

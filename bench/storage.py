@@ -8,9 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from job import bundle, run
-from job.config import S3Config
-from job.storage import S3Url
+from job import bundle
+from job.storage import Location, S3Url
 
 
 def _mb_per_s(nbytes: int, fn) -> float:
@@ -24,12 +23,14 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
 
     job's bundle upload is how `job train --output s3://` publishes best/ (Store.publish: SHA-256 of each file,
     upload, read-back check, manifest last); its download is what `job evaluate s3://` does before it builds the
-    model (bundle.fetch, then the manifest's size and SHA-256 check of every file). The checkpoint goes the way
+    model (bundle.locate, then the manifest's size and SHA-256 check of every file). The checkpoint goes the way
     Ray Tune moves trial checkpoints: pyarrow.fs.copy_files through job's file system.
     """
     import pyarrow.fs
 
-    store, client, bucket = run.store(S3Config()), server.client(), server.bucket()
+    client, bucket = server.client(), server.bucket()
+    where = Location.parse(f"s3://{bucket}/job/run")
+    store = where.store
     best = run_folder / bundle.BEST_DIR
     bundle_bytes = sum(p.stat().st_size for p in best.rglob("*") if p.is_file())
     model_file = best / "model.pt"
@@ -43,7 +44,7 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
         up_job = _mb_per_s(bundle_bytes, lambda: store.publish(best, url.join(bundle.BEST_DIR), last=bundle.MANIFEST))
         up_ref = _mb_per_s(model_file.stat().st_size, lambda: client.upload_file(str(model_file), bucket, "ref/model.pt"))
         results["bundle upload"] = (up_job, up_ref)
-        down_job = _mb_per_s(bundle_bytes, lambda: bundle.read_manifest(bundle.fetch(str(url), store, scratch / "fetch")))
+        down_job = _mb_per_s(bundle_bytes, lambda: bundle.read(bundle.locate(where, scratch / "fetch")))
         down_ref = _mb_per_s(model_file.stat().st_size,
                              lambda: client.download_file(bucket, "ref/model.pt", str(scratch / "ref-model.pt")))
         results["bundle download"] = (down_job, down_ref)

@@ -18,7 +18,11 @@ from PIL import Image
 
 from job.errors import BadInput, JobError
 
-FASHION_MNIST_DIR = Path(os.environ.get("JOB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+def fashion_mnist_dir() -> Path:
+    """Where Debian's dataset-fashion-mnist puts its IDX files ($JOB_FASHION_MNIST_DIR moves it)."""
+    return Path(os.environ.get("JOB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
 FASHION_MNIST_CLASSES = (
     "t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot",
 )
@@ -33,9 +37,10 @@ def materialise(name: str, cache: Path, train_per_class: int, val_per_class: int
     root = cache / "datasets" / f"{name}-{train_per_class}-{val_per_class}"
     if (root / "train").is_dir() and (root / "val").is_dir():
         return root
-    if not FASHION_MNIST_DIR.is_dir():
+    source = fashion_mnist_dir()
+    if not source.is_dir():
         raise BadInput(
-            f"built-in data set '{name}' needs {FASHION_MNIST_DIR}: install it with "
+            f"built-in data set '{name}' needs {source}: install it with "
             "`apt-get install dataset-fashion-mnist`, or pass --data DIR"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -43,8 +48,8 @@ def materialise(name: str, cache: Path, train_per_class: int, val_per_class: int
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         for split, prefix, per_class in (("train", "train", train_per_class), ("val", "t10k", val_per_class)):
-            images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
-            labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+            images = _read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
+            labels = _read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
             for label, cls in enumerate(FASHION_MNIST_CLASSES):
                 (tmp / split / cls).mkdir(parents=True)
                 picked = np.flatnonzero(labels == label)[:per_class]

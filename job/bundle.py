@@ -10,18 +10,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from job import checkpoint
 from job.data import Preprocessing
 from job.errors import BadInput
-from job.files import sha256
+from job.files import inside, sha256, write_json
+from job.storage import Location
 
 FORMAT = "job-bundle/1"
 MANIFEST = "bundle.json"
@@ -29,12 +28,17 @@ WEIGHTS = "model.pt"
 BEST_DIR = "best"  # where a run folder keeps its bundle
 
 
-@dataclasses.dataclass
-class Bundle:
-    model: nn.Module
+@dataclasses.dataclass(frozen=True)
+class Info:
+    """What a bundle's manifest says besides its files."""
+
+    model: str
     classes: tuple[str, ...]
     prep: Preprocessing
-    manifest: dict
+    config: dict
+    metrics: dict
+    best_epoch: int
+    data_fingerprint: str
 
 
 def versions() -> dict[str, str]:
@@ -47,30 +51,27 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write(folder: Path, state: dict[str, torch.Tensor], *, model_name: str, classes: tuple[str, ...],
-          prep: Preprocessing, config: dict, metrics: dict, best_epoch: int, data_fingerprint: str) -> Path:
+def write(folder: Path, weights: dict[str, torch.Tensor], info: Info) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / MANIFEST
     if manifest_path.exists():
         manifest_path.unlink()  # the old manifest goes first: a half-replaced bundle is never taken as complete
-    checkpoint.save(state, folder / WEIGHTS)
+    checkpoint.save(weights, folder / WEIGHTS)
     manifest = {
         "format": FORMAT,
-        "model": model_name,
-        "num_classes": len(classes),
-        "classes": list(classes),
-        "preprocessing": prep.to_dict(),
-        "best_epoch": best_epoch,
-        "metrics": metrics,
-        "config": config,
-        "data_fingerprint": data_fingerprint,
+        "model": info.model,
+        "num_classes": len(info.classes),
+        "classes": list(info.classes),
+        "preprocessing": info.prep.to_dict(),
+        "best_epoch": info.best_epoch,
+        "metrics": info.metrics,
+        "config": info.config,
+        "data_fingerprint": info.data_fingerprint,
         "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "files": {WEIGHTS: {"size": (folder / WEIGHTS).stat().st_size, "sha256": sha256(folder / WEIGHTS)}},
     }
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    write_json(manifest_path, manifest)
     return folder
 
 
@@ -84,45 +85,79 @@ def find(path: Path) -> Path:
     raise BadInput(f"'{path}' holds no {MANIFEST}: pass a finished bundle (the output folder of job train or job tune)")
 
 
-def read_manifest(folder: Path) -> dict:
+# The manifest's schema: every key job reads, with its type. A manifest is data from outside (a bundle may come from
+# anywhere): it is checked whole before anything in it is used.
+_SCHEMA = {"format": str, "model": str, "num_classes": int, "classes": list, "preprocessing": dict, "files": dict,
+           "config": dict, "metrics": dict}
+_PREP_SCHEMA = {"image_size": int, "resize_size": int, "mean": list, "std": list, "interpolation": str}
+
+
+def check_manifest(manifest: object, where: str) -> dict:
+    """The manifest, if it has the shape job wrote; else BadInput naming what is wrong."""
+    def bad(what: str) -> BadInput:
+        return BadInput(f"{where} is not a valid {FORMAT} manifest ({what}): pass a bundle written by job, or export it again")
+
+    if not isinstance(manifest, dict):
+        raise bad("not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise bad(f"format is {manifest.get('format')!r}")
+    for key, kind in _SCHEMA.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise bad(f"'{key}' is missing or not a {kind.__name__}")
+    for key, kind in _PREP_SCHEMA.items():
+        if not isinstance(manifest["preprocessing"].get(key), kind):
+            raise bad(f"'preprocessing.{key}' is missing or not a {kind.__name__}")
+    classes = manifest["classes"]
+    if len(classes) != manifest["num_classes"] or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise bad(f"{len(classes)} class names for num_classes {manifest['num_classes']}")
+    if set(manifest["files"]) != {WEIGHTS}:
+        raise bad(f"files must list exactly {WEIGHTS}, not {sorted(manifest['files'])}")
+    for name, entry in manifest["files"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)):
+            raise bad(f"files.{name} needs an integer size and a sha256")
+    return manifest
+
+
+def read(folder: Path) -> dict:
+    """The verified manifest of the bundle in `folder`: every file it lists (and so every file `load` reads) has
+    the listed size and SHA-256."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadInput(f"{folder / MANIFEST} is not valid JSON: the bundle is damaged, export it again") from None
-    if manifest.get("format") != FORMAT:
-        raise BadInput(f"{folder / MANIFEST} is not a {FORMAT} manifest: pass a bundle written by job")
+    check_manifest(manifest, str(folder / MANIFEST))
     for name, entry in manifest["files"].items():
-        f = folder / name
+        f = inside(folder, name)
         if not f.is_file() or f.stat().st_size != entry["size"] or sha256(f) != entry["sha256"]:
             raise BadInput(f"{f} does not match {MANIFEST} (size or SHA-256): the bundle is incomplete or damaged, export it again")
     return manifest
 
 
-def fetch(url: str, store, cache: Path) -> Path:
-    """Download a bundle (or a run folder's best/) from S3 into the cache; `load` then verifies it."""
-    from job.storage import S3Url
-
-    base = S3Url.parse(url)
-    for candidate in (base, base.join(BEST_DIR)):
-        manifest = store.read_json(candidate.join(MANIFEST))
+def locate(where: Location, cache: Path) -> Path:
+    """The local folder of the bundle at `where` (a bundle folder, or a run folder holding one under best/): itself,
+    or for s3:// a copy in the cache. `read` then verifies it."""
+    if not where.remote:
+        return find(where.path)
+    for candidate in (where, where.join(BEST_DIR)):
+        manifest = candidate.read_json(MANIFEST)
         if manifest:
             break
     else:
-        raise BadInput(f"{url} holds no {MANIFEST}: pass a finished bundle (the --output of job train or job tune)")
-    local = cache / "s3" / candidate.bucket / candidate.key
-    for name in manifest["files"]:
-        store.download(candidate.join(name), local / name)
-    (local / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        raise BadInput(f"{where} holds no {MANIFEST}: pass a finished bundle (the --output of job train or job tune)")
+    check_manifest(manifest, f"{candidate}/{MANIFEST}")
+    local = candidate.cache_path(cache)
+    candidate.pull_files(list(manifest["files"]), local)
+    write_json(local / MANIFEST, manifest)
     return local
 
 
-def load(path: Path, device: torch.device | str = "cpu") -> Bundle:
-    from job import model as models
-
-    folder = find(path)
-    manifest = read_manifest(folder)
-    net = models.create(manifest["model"], "none", manifest["num_classes"])
-    state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    net.to(device).to(memory_format=torch.channels_last).eval()  # as it was trained: the faster layout (bench/)
-    return Bundle(net, tuple(manifest["classes"]), Preprocessing.from_dict(manifest["preprocessing"]), manifest)
+def load_weights(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(verified manifest, state_dict) of the bundle in `folder`; the weights are read without running code."""
+    manifest = read(folder)
+    try:
+        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise BadInput(f"{folder / WEIGHTS} cannot be read ({type(e).__name__}): export the bundle again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInput(f"{folder / WEIGHTS} holds no state_dict: export the bundle again")
+    return manifest, state

@@ -2,56 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import tempfile
-import threading
+import io
 from pathlib import Path
 
 import torch
 
+from job import signals
 from job.errors import BadInput
+from job.files import write_atomic
 from job.loop import CHECKPOINT_FORMAT
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-@contextlib.contextmanager
-def signals_deferred():
-    """Hold Ctrl-C and SIGTERM until the block ends, then stop as usual.
-
-    torch.save cut short by KeyboardInterrupt fails again while closing its zip file, turning a clean stop into a
-    traceback. Signal handlers can only be set from the main thread; elsewhere (a Ray worker thread) the block
-    runs as it is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    old = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if received:
-            raise KeyboardInterrupt
-
-
 def save(state: dict, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash leaves the previous file intact."""
-    with signals_deferred():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    """Atomically (files.write_atomic): a crash or a kill leaves the previous file intact."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with signals.critical():  # a signal mid-write is delivered once the file is complete
+        write_atomic(path, buffer.getbuffer())
 
 
 def load(path: Path) -> dict:

@@ -1,41 +1,41 @@
-"""The `job` command: parsing, printing, and the one error boundary.
+"""The `job` command: parsing, printing, and the one error boundary, over the library API (job/api.py).
 
 Known errors (JobError) print one line and exit with their code (1 runtime failure, 2 bad input, 130 interrupted);
 argparse's usage errors exit 2; anything else is a bug and keeps its traceback. Heavy imports (torch, Ray) happen
-inside the subcommands, so `job --help` stays fast.
+inside the subcommands, so `job --help` stays fast. `main(argv)` returns the exit code (tests call it in-process);
+`entry()` is the installed command.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import dataclasses
-import datetime
 import errno
 import json
 import os
-import signal
 import sys
-import time
+import types
+import typing
 from pathlib import Path
 
-from job import __version__
+from job import __version__, api, config, signals
 from job.errors import EXIT_FAILURE, EXIT_OK, BadInput, Interrupted, JobError
+from job.progress import say
 
 # The machine, not job, is at fault: disk full, quota, permissions, read-only file system.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 # Flags that set a config key (dest = key). Every other key is reachable with --set key=value or a config file.
 TRAIN_FLAGS = {
-    "data": "image folder, or the built-in 'fashion-mnist' (default)",
-    "model": "efficientnet_lite0 (default) or a torchvision model name",
+    "data": "image folder (local or s3://), or the built-in 'fashion-mnist'",
+    "model": "efficientnet_lite0 or a torchvision model name (see `job models`)",
     "weights": "DEFAULT, a weights name, none, or a .pth path",
     "epochs": "epochs to train",
     "batch_size": "images per batch",
     "lr": "learning rate",
     "step_size": "epochs between LR decays",
     "gamma": "LR decay factor",
-    "image_size": "input size in pixels",
+    "image_size": "input size in pixels; none: the weights' (64 for fashion-mnist)",
     "seed": "random seed",
     "device": "auto, cpu, cuda or cuda:N",
 }
@@ -48,7 +48,7 @@ TUNE_FLAGS = {
     "gpus_per_trial": "GPUs per trial, fractions allowed",
     "cpus_per_trial": "CPUs (torch threads) per trial",
     "lr_range": "MIN,MAX for lr (log-uniform)",
-    "step_size_range": "MIN,MAX for step_size (integers)",
+    "step_size_range": "MIN,MAX for step_size (integers); none: 1,epochs",
     "gamma_range": "MIN,MAX for gamma (uniform)",
     "storage": "where Ray keeps the experiment",
     "name": "experiment name (an unfinished one is resumed)",
@@ -56,10 +56,26 @@ TUNE_FLAGS = {
 RESUME_MAY_CHANGE = {"epochs", "device", "workers"}
 
 
+def _metavar(cls, key: str) -> str:
+    """N for integers, X for numbers, MIN,MAX for ranges, TEXT otherwise."""
+    hint = typing.get_type_hints(cls)[key]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    kind = typing.get_origin(hint) or hint
+    return {int: "N", float: "X", tuple: "MIN,MAX", bool: "BOOL"}.get(kind, "TEXT")
+
+
+def _setting_flag(p: argparse.ArgumentParser, flag: str, cls, key: str, help: str) -> None:
+    """A flag that sets config key `key`: its type and default shown, e.g. `--epochs N  epochs to train (default 5)`."""
+    default = cls.__dataclass_fields__[key].default
+    shown = "none" if default is None else ",".join(map(str, default)) if isinstance(default, tuple) else default
+    p.add_argument(flag, dest=key, default=argparse.SUPPRESS, metavar=_metavar(cls, key), help=f"{help} (default {shown})")
+
+
 def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     for key, help in TRAIN_FLAGS.items():
         if key not in skip:
-            p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS, metavar="X", help=help)
+            _setting_flag(p, "--" + key.replace("_", "-"), config.TrainConfig, key, help)
     for key, help in BOOL_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, action="store_true", default=argparse.SUPPRESS, help=help)
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML or YAML file of settings")
@@ -84,7 +100,7 @@ class _Searched(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="job", description="Fine-tune a pretrained image classifier on a folder of images.")
-    parser.add_argument("--version", action="version", version=f"job {__version__}")
+    parser.add_argument("--version", action="version", version=f"job {__version__}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="one local training run; writes a bundle, history and plots")
@@ -101,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + key.replace("_", "-"), action=_Searched, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for key, help in TUNE_FLAGS.items():
         flag = "--time-budget" if key == "time_budget_s" else "--" + key.replace("_", "-")
-        p.add_argument(flag, dest=key, default=argparse.SUPPRESS, metavar="X", help=help)
+        _setting_flag(p, flag, config.SearchConfig, key, help)
     p.add_argument("--restart", action="store_true", help="start the experiment over instead of resuming it")
     p.add_argument("--output", metavar="DIR", help="where the best bundle and trials.csv go, local or s3:// (default: runs/<name>)")
     p.add_argument("--overwrite", action="store_true", help="replace another run's results in --output")
@@ -112,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE", help="run folder or bundle folder, local or s3://")
     p.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*), or fashion-mnist")
     p.add_argument("--output", type=Path, metavar="DIR", help="where to write evaluation.json and confusion.png (default: runs/evaluate-<time>)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
+    p.add_argument("--device", default="auto", metavar="TEXT", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
     p.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     _add_output_flags(p)
@@ -122,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k labels with probabilities for image files or folders")
     p.add_argument("bundle", metavar="BUNDLE", help="run folder or bundle folder, local or s3://")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=3, metavar="K")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="labels per image (default 3)")
+    p.add_argument("--device", default="auto", metavar="TEXT", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
@@ -146,8 +162,6 @@ def resolve_config(args: argparse.Namespace, cls=None, base: dict | None = None)
     `job tune` resolves two sections (training, search) from the same sources; its --set pairs go to the section
     that has the key. `job train` knows only training keys, so a search key there is an error.
     """
-    from job import config
-
     cls = cls or config.TrainConfig
     if cls is config.S3Config:
         flags = {"endpoint": args.s3_endpoint} if hasattr(args, "s3_endpoint") else {}
@@ -160,7 +174,8 @@ def resolve_config(args: argparse.Namespace, cls=None, base: dict | None = None)
     else:  # job train: search keys are unknown here, s3 keys belong to their own section
         sets = {k: v for k, v in sets.items() if k not in config.for_section(config.S3Config, sets)}
     env = {} if base is not None else None
-    return config.resolve(args.config, env=env, overrides=sets | flags, base=base, cls=cls)
+    return config.resolve(args.config, env=env, overrides=sets | flags, base=base, cls=cls,
+                          warn=say if cls is config.TrainConfig else None)  # warned once, not per section
 
 
 def _print_config(cfg, section: str = "") -> None:
@@ -171,10 +186,6 @@ def _print_config(cfg, section: str = "") -> None:
         print(f"# {key}: unset, uses the default" if value is None else f"{key} = {json.dumps(value)}")
 
 
-def _default_output(kind: str) -> Path:
-    return Path("runs") / f"{kind}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
     top5 = f"  val_top5 {m['val_top5']:.4f}" if "val_top5" in m else ""
     return (f"epoch {epoch}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
@@ -183,139 +194,114 @@ def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from job import bundle, checkpoint, config, cpus, report, run, storage
+    from job import checkpoint, cpus, report, storage
 
     cpus.limit_torch_threads()
     s3 = resolve_config(args, config.S3Config)
-    if args.resume and storage.is_s3(args.resume):
-        raise BadInput("--resume takes the local run folder: a run written to s3:// is published when it has finished")
     if args.resume:
-        args.resume = Path(args.resume)
+        if storage.is_s3(args.resume):
+            raise BadInput("--resume takes the local run folder: a run written to s3:// is published when it has finished")
         if args.config or args.set or args.print_config:
             raise BadInput("--resume takes its settings from the checkpoint: drop --config/--set, or start a new run")
         changed = sorted(k for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k) and k not in RESUME_MAY_CHANGE)
         if changed:
             raise BadInput(f"--resume cannot change {', '.join(changed)}: only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
-        state = checkpoint.load(args.resume)
-        output = args.resume if args.resume.is_dir() else args.resume.parent
-        if args.output and Path(args.output).resolve() != output.resolve():
-            raise BadInput(f"--resume continues in '{output}': drop --output {args.output}")
-        cfg = resolve_config(args, base=state["config"])
+        folder = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+        if args.output and Path(args.output).resolve() != folder.resolve():
+            raise BadInput(f"--resume continues in '{folder}': drop --output {args.output}")
+        cfg = resolve_config(args, base=checkpoint.load(Path(args.resume))["config"])
+        output = folder
     else:
-        state = None
         cfg = resolve_config(args)
-        output = args.output or str(_default_output("train"))
+        output = args.output or api.default_output("train")
     if args.print_config:
         _print_config(cfg)
         _print_config(s3, config.S3Config.SECTION)
         return 0
-    remote = storage.is_s3(str(output))
-    if remote:
-        run.check_remote_output(output, s3, args.overwrite)  # fails within seconds, before any training
-    local = run.staging(output, run.cache_dir()) if remote else Path(output)
     progress = not (args.quiet or args.json)
     bar = report.TqdmBar if progress and sys.stderr.isatty() else None
 
     def on_epoch(e) -> None:
         if progress:
-            print(_epoch_line(e.epoch, cfg.epochs, e.metrics), file=sys.stderr, flush=True)
+            say(_epoch_line(e.epoch, cfg.epochs, e.metrics))
 
-    started = time.perf_counter()
     try:
-        result = run.train(cfg, local, resume=state, overwrite=args.overwrite or remote, bar=bar, on_epoch=on_epoch, s3=s3)
+        result = api.train(cfg, output, overwrite=args.overwrite, resume=args.resume, s3=s3, on_epoch=on_epoch, bar=bar)
     except KeyboardInterrupt:
-        if (local / checkpoint.CHECKPOINT_NAME).is_file():
-            raise Interrupted(f"interrupted: the last finished epoch is saved in {local}; continue with: job train --resume {local}") from None
-        raise Interrupted("interrupted before the first epoch finished: nothing to resume, run the command again") from None
-    if remote:
-        run.publish(local, output, s3)
-        result = dataclasses.replace(result, output=output, bundle=f"{output}/{bundle.BEST_DIR}")
-    elapsed = time.perf_counter() - started
-    summary = {"output": str(result.output), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
-               "best": result.best, "epochs": len(result.history), "resumed_from_epoch": result.resumed_from,
-               "skipped_images": result.skipped, "seconds": round(elapsed, 1)}
+        if not storage.is_s3(str(output)) and (Path(output) / checkpoint.CHECKPOINT_NAME).is_file():
+            raise Interrupted(f"interrupted: the last finished epoch is saved in {output}; "
+                              f"continue with: job train --resume {output}") from None
+        raise Interrupted("interrupted before the first epoch finished (or before an s3:// run was published): "
+                          "nothing to resume, run the command again") from None
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(result.summary(), indent=2))
         return 0
     b = result.best
-    print(f"job train: done in {elapsed:.1f}s, {len(result.history)} epochs ({cfg.model} on {cfg.data})"
+    print(f"job train: done in {result.seconds:.1f}s, {len(result.history)} epochs ({cfg.model} on {cfg.data})"
           + (f", {result.skipped} unreadable images skipped" if result.skipped else ""))
     print(f"best epoch {result.best_epoch}: val_acc {b['val_acc']:.4f}  val_f1_macro {b['val_f1_macro']:.4f}  val_loss {b['val_loss']:.4f}")
     if not args.quiet:
         cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_macro", "lr", "epoch_s"]
         print(report.table([[h[c] for c in cols] for h in result.history], cols))
-        print(f"bundle:  {result.bundle}\nhistory: {output}/history.csv, {output}/history.json\nplot:    {output}/curves.png")
-        print(f"next:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
+        out = result.output
+        print(f"bundle:  {result.bundle}\nhistory: {out}/history.csv, {out}/history.json\nplot:    {out}/curves.png")
+        print(f"next:    job evaluate {out} --data DIR   |   job predict {out} IMAGE...")
     return 0
 
 
-def _public(trial) -> dict:
-    """A trial as the user sees it in --json: no per-epoch history (that is in trials.json), no Ray folder."""
-    return {k: v for k, v in dataclasses.asdict(trial).items() if k not in ("history", "folder")}
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
-    from job import config
-
     cfg = resolve_config(args)
     search = resolve_config(args, config.SearchConfig)
+    s3 = resolve_config(args, config.S3Config)
     if args.print_config:
         _print_config(cfg)
         _print_config(search, config.SearchConfig.SECTION)
-        _print_config(resolve_config(args, config.S3Config), config.S3Config.SECTION)
+        _print_config(s3, config.S3Config.SECTION)
         return 0
-    from job import report, tune
+    from job import progress, report
 
     output = args.output or str(Path("runs") / search.name)
     try:
-        outcome = tune.search(cfg, search, output, restart=args.restart, overwrite=args.overwrite,
-                              progress=not (args.quiet or args.json), s3=resolve_config(args, config.S3Config))
+        result = api.tune(cfg, search, output, restart=args.restart, overwrite=args.overwrite,
+                          progress=not (args.quiet or args.json), s3=s3)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: the experiment is saved under {search.storage}/{search.name}; "
                           "run the same command again to resume it") from None
-    trials = [_public(t) for t in outcome.trials]
     if args.json:
-        print(json.dumps({"output": str(outcome.output), "bundle": str(outcome.bundle), "experiment": outcome.experiment,
-                          "resumed": outcome.resumed, "seconds": round(outcome.seconds, 1),
-                          "best": _public(outcome.best), "trials": trials}, indent=2))
+        print(json.dumps(result.summary(), indent=2))
         return 0
-    print("\n".join(tune.summary_lines(outcome)))
+    print("\n".join(progress.search_summary(result)))
     if not args.quiet:
-        rows = [[t["number"], t["trial_id"], t["lr"], t["step_size"], t["gamma"], t["epochs"],
-                 t["val_acc"] if t["val_acc"] is not None else "-", t["status"]] for t in trials]
-        print(report.table(rows, ["#", "trial", "lr", "step_size", "gamma", "epochs", "val_acc", "status"]))
-        print(f"bundle:  {outcome.bundle}\ntrials:  {output}/trials.csv, {output}/trials.json\n"
+        rows = [t.row() for t in result.trials]
+        columns = ["number", "trial_id", *result.best_trial.params, "epochs", "val_acc", "status"]
+        print(report.table([[r[c] if r[c] is not None else "-" for c in columns] for r in rows],
+                           ["#", "trial", *columns[2:]]))
+        print(f"bundle:  {result.bundle}\ntrials:  {output}/trials.csv, {output}/trials.json\n"
               f"plot:    {output}/trials.png\nnext:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
     return 0
 
 
-def _load_bundle(args: argparse.Namespace):
-    """A bundle from a local folder, or fetched from s3:// into the cache (verified against its manifest)."""
-    from job import bundle, config, run, storage
-    from job.loop import resolve_device
-
-    path = args.bundle
-    if storage.is_s3(path):
-        path = bundle.fetch(path, run.store(resolve_config(args, config.S3Config)), run.cache_dir())
-    return bundle.load(Path(path), resolve_device(args.device))
+def _load(args: argparse.Namespace):
+    """The model of the bundle named on the command line, local or s3:// (verified against its manifest)."""
+    return api.load(args.bundle, args.device, resolve_config(args, config.S3Config))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from job import config, cpus, inference, report, run, storage
+    from job import cpus, report, run
+    from job.files import write_json
+    from job.storage import Location
 
     cpus.limit_torch_threads()
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
-    b = _load_bundle(args)
-    data = args.data
-    if storage.is_s3(data):
-        data = str(run.fetched(data, run.cache_dir(), resolve_config(args, config.S3Config), folder=True))
-    ev = inference.evaluate(b, data, run.cache_dir(), args.batch_size, args.skip_bad_images)
-    output = Path(args.output) if args.output else _default_output("evaluate")
+    model = _load(args)
+    data = str(Location.parse(args.data, resolve_config(args, config.S3Config)).pull(run.cache_dir(), folder=True))
+    ev = model.evaluate(data, args.batch_size, args.skip_bad_images)
+    output = Path(args.output) if args.output else api.default_output("evaluate")
     output.mkdir(parents=True, exist_ok=True)
     result = {"bundle": str(args.bundle), "data": args.data, "images": ev.images, "skipped_images": ev.skipped,
               **ev.metrics, "per_class": ev.per_class, "classes": list(ev.classes), "confusion": ev.confusion}
-    (output / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(output / "evaluation.json", result)
     report.plot_confusion(output / "confusion.png", ev.confusion, ev.classes)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -334,13 +320,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from job import cpus, inference, report
+    from job import cpus, report
 
     cpus.limit_torch_threads()
     if args.top_k < 1:
         raise BadInput(f"--top-k {args.top_k} must be >= 1")
-    b = _load_bundle(args)
-    rows = inference.predict(b, args.paths, args.top_k, skip_bad=args.skip_bad_images)
+    rows = _load(args).predict(args.paths, args.top_k, skip_bad=args.skip_bad_images)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -351,7 +336,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from job import config, report
+    from job import report
 
     print("Training (job train, and every trial of job tune):\n")
     print(report.table(config.describe(config.TrainConfig), ["key", "default", "meaning"]))
@@ -371,15 +356,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt  # Kubernetes and docker stop send SIGTERM: stop as cleanly as on Ctrl-C
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code. Ctrl-C and SIGTERM (docker stop, Kubernetes) stop it cleanly."""
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
     try:
-        return args.func(args)
+        with signals.Stop():
+            return args.func(args)
     except JobError as e:
         print(f"job: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -402,7 +384,10 @@ def entry() -> None:
     """The `job` command (and `python -m job`): main(), then a quick exit. The interpreter's own teardown of torch,
     Ray and matplotlib takes a second or more (bench/) and does nothing that a finished command needs; the atexit
     handlers (Ray's shutdown, logging) still run, and an unexpected error still ends with its traceback."""
-    code = main()
+    try:
+        code = main()
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

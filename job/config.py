@@ -1,7 +1,10 @@
-"""Configuration: one frozen, validated dataclass, resolved as defaults < file < environment < flags.
+"""Configuration: frozen, validated settings dataclasses (training, search, S3), resolved as defaults < file <
+environment < flags.
 
-Every value is type-checked and range-checked here, so the rest of the code can trust it. Unknown keys are
-rejected by name, with the closest known key suggested. The resolved config is saved with every run.
+Every value is type-checked and range-checked here, so the rest of the code can trust it. Unknown keys in files and
+flags are rejected by name, with the closest known key suggested; unknown JOB_* environment variables (other tools
+set JOB_NAME, JOB_URL, ...) are ignored, with a warning when one looks like a misspelt setting. The resolved config
+is saved with every run.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import tomllib
@@ -124,17 +128,28 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
             raise wrong
         try:
             return tuple(_coerce_scalar(cls, key, v, t, source) for v, t in zip(value, kinds))
+        except _NotFinite:
+            raise
         except BadInput:
             raise wrong from None
     return _coerce_scalar(cls, key, value, base, source)
 
 
+class _NotFinite(BadInput):
+    """NaN or an infinity where a number is needed."""
+
+
 def _coerce_scalar(cls: type, key: str, value: Any, want: type, source: str) -> Any:
     if want is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
+        else:
+            if not math.isfinite(number):
+                raise _NotFinite(f"{key} = {value!r} in {source} is not a finite number: give e.g. "
+                               f"{key} = {json.dumps(_jsonable(_fields(cls)[key].default))}")
+            return number
     elif want is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     elif isinstance(value, want) and not (want is int and isinstance(value, bool)):
@@ -249,19 +264,21 @@ def _env_prefix(cls: type) -> str:
     return ENV_PREFIX + (cls.SECTION.upper() + "_" if cls.SECTION else "")
 
 
-def from_env(cls: type, env: Mapping[str, str]) -> dict[str, str]:
-    """JOB_LR=0.1 -> {"lr": "0.1"} for TrainConfig, JOB_TUNE_NUM_SAMPLES=8 for SearchConfig; unknown names fail."""
+def from_env(cls: type, env: Mapping[str, str], warn=None) -> dict[str, str]:
+    """JOB_LR=0.1 -> {"lr": "0.1"} for TrainConfig, JOB_TUNE_NUM_SAMPLES=8 for SearchConfig. Other JOB_* variables
+    are not ours to refuse (Jenkins sets JOB_NAME and JOB_URL in every build): ignored, with a warning through
+    `warn` when one is close to a setting's name (a misspelling)."""
     prefix = _env_prefix(cls)
     others = tuple(_env_prefix(c) for c in SECTIONS if _env_prefix(c) != prefix and _env_prefix(c).startswith(prefix))
     names = [k for k in env if k.startswith(prefix) and not k.startswith(ENV_NOT_SETTINGS + others)]
     fields = _fields(cls)
-    for name in names:
-        key = name[len(prefix):].lower()
-        if key not in fields:
-            everything = {_env_prefix(c) + f.upper() for c in SECTIONS for f in _fields(c)}
-            close = difflib.get_close_matches(name, everything, n=1)
-            raise BadInput(f"unknown environment variable {name}: " + (f"did you mean {close[0]}?" if close else "unset it"))
-    return {name[len(prefix):].lower(): env[name] for name in names}
+    known = [n for n in names if n[len(prefix):].lower() in fields]
+    everything = {_env_prefix(c) + f.upper() for c in SECTIONS for f in _fields(c)}
+    for name in sorted(set(names) - set(known)):
+        close = difflib.get_close_matches(name, everything, n=1, cutoff=0.75)
+        if close and warn:
+            warn(f"warning: environment variable {name} is not a job setting (ignored): did you mean {close[0]}?")
+    return {name[len(prefix):].lower(): env[name] for name in known}
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -290,6 +307,7 @@ def resolve(
     overrides: Mapping[str, Any] | None = None,
     base: Mapping[str, Any] | None = None,
     cls: type = None,
+    warn=None,
 ):
     """Defaults < base (e.g. a checkpoint's config) < file < environment (JOB_*) < overrides (flags)."""
     cls = cls or TrainConfig
@@ -304,7 +322,7 @@ def resolve(
     layers = [
         (dict(base or {}), "the saved config"),
         (file_values, str(file)),
-        (from_env(cls, os.environ if env is None else env), f"the environment ({_env_prefix(cls)}*)"),
+        (from_env(cls, os.environ if env is None else env, warn), f"the environment ({_env_prefix(cls)}*)"),
         (dict(overrides or {}), "the command line"),
     ]
     values: dict[str, Any] = {}

@@ -1,9 +1,13 @@
-"""Checksums of files: what bundles, weights and uploads are verified with."""
+"""Files on the local disk: checksums, and the one way job writes a file that others read (atomically)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def sha256(path: Path) -> str:
@@ -12,3 +16,36 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes | bytearray | memoryview | str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: a reader (or a run killed mid-write) sees the old
+    file or the new one, never half of one."""
+    payload = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def inside(root: Path, name: str) -> Path:
+    """`root / name` for a relative name that comes from outside (a manifest, an object listing): refused unless it
+    stays inside `root`, so such a name can never write elsewhere."""
+    from job.errors import BadInput
+
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or "\\" in name or "\x00" in name:
+        raise BadInput(f"the name {name!r} would leave '{root}': the storage holds a damaged or hostile listing, "
+                       "remove that object or pick another location")
+    return root / name

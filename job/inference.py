@@ -1,4 +1,4 @@
-"""Using a bundle: evaluate it on a labelled folder, predict labels for image files."""
+"""A trained model, loaded from its bundle: evaluate it on a labelled folder, predict labels for image files."""
 
 from __future__ import annotations
 
@@ -9,16 +9,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from job import builtin, data
-from job.bundle import Bundle
+from job import builtin, bundle, data
 from job.errors import BadInput
-from job.loop import evaluate as evaluate_batches
+from job.loop import evaluate as evaluate_batches, resolve_device
 from job.metrics import per_class
+from job.storage import Location
 
 
 @dataclasses.dataclass
 class Evaluation:
-    metrics: dict[str, float]  # val_acc, val_top5, val_f1_macro, val_loss: the names the loop uses
+    """A model measured on a labelled folder."""
+
+    # val_acc, val_top5, val_f1_macro and val_loss, named as in training; val_loss here is plain cross-entropy,
+    # whatever loss (label smoothing, focal) the model was trained with
+    metrics: dict[str, float]
     per_class: list[dict]  # class, precision, recall, f1, support
     confusion: list[list[int]]  # [true][predicted], in the bundle's class order
     classes: tuple[str, ...]
@@ -26,16 +30,60 @@ class Evaluation:
     skipped: int
 
 
-def eval_root(path: str, b: Bundle, cache: Path) -> Path:
+@dataclasses.dataclass
+class Model:
+    """A bundle's network, classes and preprocessing, ready on a device (what `job.load` returns)."""
+
+    net: torch.nn.Module
+    classes: tuple[str, ...]
+    prep: data.Preprocessing
+    manifest: dict
+
+    def predict(self, images: list[str | Path], top_k: int = 3, skip_bad: bool = False) -> list[dict]:
+        """[{file, predictions: [{label, probability}, ...]}] for image files (or folders of them), best first."""
+        return predict(self, [str(p) for p in images], top_k, skip_bad=skip_bad)
+
+    def evaluate(self, folder: str | Path, batch_size: int = 64, skip_bad: bool = False,
+                 cache: Path | None = None) -> Evaluation:
+        """Metrics, per-class table and confusion matrix on DIR/<class>/* (or DIR/val/<class>/*)."""
+        from job.run import cache_dir
+
+        return evaluate(self, str(folder), cache or cache_dir(), batch_size, skip_bad)
+
+
+def load(where: Location, cache: Path, device: str = "auto") -> Model:
+    """The model of a bundle (or of a run folder's best/), local or s3://, verified against its manifest."""
+    from job import model as models
+
+    folder = bundle.locate(where, cache)
+    manifest, state = bundle.load_weights(folder)
+    net = models.create(manifest["model"], "none", manifest["num_classes"])
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
+        raise BadInput(f"the weights in {folder} do not fit a {manifest['model']} with {manifest['num_classes']} "
+                       "classes: the bundle is damaged, export it again") from None
+    try:
+        prep = data.Preprocessing.from_dict(manifest["preprocessing"])
+    except (TypeError, ValueError):
+        raise BadInput(f"{folder / bundle.MANIFEST} has damaged preprocessing: export the bundle again") from None
+    net.to(resolve_device(device)).to(memory_format=torch.channels_last).eval()  # as trained: the faster layout
+    return Model(net, tuple(manifest["classes"]), prep, manifest)
+
+
+def eval_root(path: str, b: Model, cache: Path) -> Path:
     """The labelled folder to evaluate on: DIR/val if DIR has a train/val split, else DIR/<class>."""
     if path in builtin.NAMES:
+        from job.config import TrainConfig
+
         c = b.manifest["config"]
-        path = str(builtin.materialise(path, cache, c["builtin_train_per_class"], c["builtin_val_per_class"]))
+        path = str(builtin.materialise(path, cache, int(c.get("builtin_train_per_class", TrainConfig.builtin_train_per_class)),
+                                       int(c.get("builtin_val_per_class", TrainConfig.builtin_val_per_class))))
     root = Path(path).expanduser()
     return root / "val" if (root / "val").is_dir() else root
 
 
-def evaluate(b: Bundle, path: str, cache: Path, batch_size: int, skip_bad: bool, workers: int = 0) -> Evaluation:
+def evaluate(b: Model, path: str, cache: Path, batch_size: int, skip_bad: bool, workers: int = 0) -> Evaluation:
     root = eval_root(path, b, cache)
     if not root.is_dir():
         raise BadInput(f"data folder '{root}' does not exist: pass --data DIR with DIR/<class>/ images")
@@ -50,9 +98,9 @@ def evaluate(b: Bundle, path: str, cache: Path, batch_size: int, skip_bad: bool,
         labels += [index[name]] * len(paths)
     prepared = data.prepare(data.Split(tuple(files), tuple(labels)), root, b.prep, cache, workers)
     skipped = data.check_bad(prepared.bad, skip_bad)
-    device = next(b.model.parameters()).device
+    device = next(b.net.parameters()).device
     batches = data.Batches(prepared, b.prep, batch_size, train=False, augment=False, seed=0)
-    tally, _ = evaluate_batches(b.model, batches, torch.nn.CrossEntropyLoss(), device, b.prep, False, len(b.classes))
+    tally = evaluate_batches(b.net, batches, torch.nn.CrossEntropyLoss(), device, b.prep, False, len(b.classes))
     metrics = tally.result("val")
     cm = tally.confusion_matrix()
     stats = per_class(cm)
@@ -77,13 +125,13 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict(b: Bundle, paths: list[str], top_k: int, batch_size: int = 64, skip_bad: bool = False) -> list[dict]:
+def predict(b: Model, paths: list[str], top_k: int, batch_size: int = 64, skip_bad: bool = False) -> list[dict]:
     """[{file, predictions: [{label, probability}, ...]}] for each readable image, best first.
 
     Images are decoded a batch at a time (in threads), so a folder of any size fits in memory.
     """
     files = expand(paths)
-    prep, device = b.prep, next(b.model.parameters()).device
+    prep, device = b.prep, next(b.net.parameters()).device
     off, size = (prep.resize_size - prep.image_size) // 2, prep.image_size
     k = min(top_k, len(b.classes))
 
@@ -103,7 +151,7 @@ def predict(b: Bundle, paths: list[str], top_k: int, batch_size: int = 64, skip_
             if not good:
                 continue
             x = torch.from_numpy(np.stack([img for _, img in good])).permute(0, 3, 1, 2).to(device)
-            top = b.model(data.normalise(x, prep)).float().softmax(dim=1).topk(k, dim=1)
+            top = b.net(data.normalise(x, prep)).float().softmax(dim=1).topk(k, dim=1)
             for (f, _), p, i in zip(good, top.values.cpu(), top.indices.cpu()):
                 out.append({"file": str(f), "predictions": [{"label": b.classes[j], "probability": float(q)} for q, j in zip(p, i)]})
     data.check_bad(bad, skip_bad)

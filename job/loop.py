@@ -1,8 +1,8 @@
 """The training loop: a train phase and a val phase per epoch, the best epoch's weights kept by val_acc.
 
-`fit` yields one `Epoch` per epoch with every metric and a `checkpoint()` to save; whoever drives it (`job train`,
-the Ray Tune trainable) decides where checkpoints go. Device and mixed precision are resolved here only, and CPU and
-CUDA share one code path: autocast and GradScaler are simply disabled on the CPU.
+Iterating a `Fit` yields one `Epoch` per epoch with every metric and a `checkpoint()` to save; whoever drives it
+(`job train`, the Ray Tune trainable) decides where checkpoints go. Device and mixed precision are resolved here
+only, and CPU and CUDA share one code path: autocast and GradScaler are simply disabled on the CPU.
 """
 
 from __future__ import annotations
@@ -105,11 +105,10 @@ def train_one_epoch(model, batches: Batches, optimizer, loss_fn, scaler, device,
 
 @torch.no_grad()
 def evaluate(model, batches: Batches, loss_fn, device, prep: Preprocessing, amp: bool, num_classes: int,
-             bar: Bar | None = None, keep_logits: bool = False) -> tuple[Tally, torch.Tensor | None]:
-    """One pass over `batches` in order; with keep_logits, also the (N, C) logits on the CPU."""
+             bar: Bar | None = None) -> Tally:
+    """One pass over `batches` in order."""
     model.eval()
     tally = Tally(num_classes, device)
-    kept = []
     for x, y in batches:
         x = normalise(x.to(device, non_blocking=True), prep)
         y = y.to(device, non_blocking=True)
@@ -117,11 +116,9 @@ def evaluate(model, batches: Batches, loss_fn, device, prep: Preprocessing, amp:
             logits = model(x)
             loss = loss_fn(logits, y)
         tally.add(logits, y, loss)
-        if keep_logits:
-            kept.append(logits.float())
         if bar:
             bar.update(tally)
-    return tally, (torch.cat(kept).cpu() if keep_logits else None)
+    return tally
 
 
 @dataclasses.dataclass
@@ -130,8 +127,17 @@ class Epoch:
 
     epoch: int  # 1-based
     metrics: dict[str, float]
-    improved: bool
     checkpoint: Callable[[], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """What a `Fit` trains and validates on."""
+
+    train: Batches
+    val: Batches
+    prep: Preprocessing
+    num_classes: int
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -145,9 +151,9 @@ class Fit:
     remaining epochs exactly (on the same device and thread count) and ends where an uninterrupted run ends.
     """
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, train: Batches, val: Batches, prep: Preprocessing,
-                 num_classes: int, device: torch.device, bar: BarFactory | None = None):
-        self.cfg, self.train, self.val, self.prep, self.num_classes, self.device = cfg, train, val, prep, num_classes, device
+    def __init__(self, cfg: TrainConfig, model: nn.Module, data: Data, device: torch.device, bar: BarFactory | None = None):
+        self.cfg, self.device = cfg, device
+        self.train, self.val, self.prep, self.num_classes = data.train, data.val, data.prep, data.num_classes
         self.amp = cfg.amp and device.type == "cuda"
         # channels_last on the CPU too: the batches arrive in it (NHWC storage), and oneDNN's convolutions run 1.55x
         # (train) and 1.3x (eval) as fast in it as in NCHW (bench/: model-only bound, EfficientNet-Lite0, 2 cores)
@@ -208,7 +214,7 @@ class Fit:
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(f"training diverged in epoch {epoch} (train_loss = {metrics['train_loss']}): lower lr (now {lr:g})")
         bar = self.bar(f"epoch {epoch}/{self.cfg.epochs} val  ", len(self.val)) if self.bar else None
-        val_tally, _ = evaluate(self.model, self.val, self.loss_fn, self.device, self.prep, self.amp, self.num_classes, bar)
+        val_tally = evaluate(self.model, self.val, self.loss_fn, self.device, self.prep, self.amp, self.num_classes, bar)
         if bar:
             bar.close()
         metrics |= val_tally.result("val")
@@ -219,7 +225,6 @@ class Fit:
             self.scheduler.step()
         self.epoch = epoch
         self.history.append({"epoch": epoch, **metrics})
-        improved = metrics["val_acc"] > self.best_val_acc
-        if improved:
+        if metrics["val_acc"] > self.best_val_acc:
             self.best_val_acc, self.best_epoch, self.best_model = metrics["val_acc"], epoch, cpu_state(self.model)
-        return Epoch(epoch, metrics, improved, self.checkpoint)
+        return Epoch(epoch, metrics, self.checkpoint)

@@ -20,6 +20,7 @@ from job.errors import BadInput, JobError
 from job.files import sha256
 
 LITE0 = "efficientnet_lite0"
+TINY = "tiny_cnn"  # a few layers, no pretrained weights: for smoke tests and wiring checks, trains in milliseconds
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -42,7 +43,7 @@ GENERIC_PREPROCESSING = WeightsPreprocessing(224, 224 / 256, IMAGENET_MEAN, IMAG
 def model_names() -> list[str]:
     import torchvision
 
-    return [LITE0, *torchvision.models.list_models(module=torchvision.models)]
+    return [LITE0, *torchvision.models.list_models(module=torchvision.models), TINY]
 
 
 def check_name(name: str) -> None:
@@ -75,6 +76,8 @@ def is_path(weights: str) -> bool:
 def preprocessing_for(name: str, weights: str) -> WeightsPreprocessing:
     if name == LITE0:
         return LITE0_PREPROCESSING
+    if name == TINY:
+        return dataclasses.replace(GENERIC_PREPROCESSING, image_size=32, crop_ratio=0.875)
     if weights.lower() == "none" or is_path(weights):
         weights = "DEFAULT"
     try:
@@ -89,7 +92,7 @@ def create(name: str, weights: str, num_classes: int, freeze_backbone: bool = Fa
     """Build `name`, load `weights` (DEFAULT | enum name | none | path), replace the head for `num_classes`."""
     check_name(name)
     model = _build(name)
-    if weights.lower() != "none":
+    if weights.lower() != "none" and not (name == TINY and weights.upper() == "DEFAULT"):
         state, source = _weights_state(name, weights)
         _load_backbone(model, state, name, source)
     head = _head_name(model, name)
@@ -102,7 +105,17 @@ def create(name: str, weights: str, num_classes: int, freeze_backbone: bool = Fa
     return model
 
 
+def _tiny() -> nn.Module:
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                             nn.MaxPool2d(2))
+
+    return nn.Sequential(block(3, 16), block(16, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1000))
+
+
 def _build(name: str) -> nn.Module:
+    if name == TINY:
+        return _tiny()
     if name == LITE0:
         import timm
 

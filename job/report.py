@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
+from job.files import write_atomic
 from job.metrics import EPOCH_METRICS, Tally
 
 
@@ -20,18 +20,12 @@ def write_history(output: Path, history: list[dict[str, float]]) -> None:
 
 def _write_table(output: Path, name: str, rows: list[dict], columns: Sequence[str]) -> None:
     """NAME.json (the rows whole) and NAME.csv (the given columns), each written atomically."""
-    _atomic_write(output / f"{name}.json", json.dumps(rows, indent=2) + "\n")
+    write_atomic(output / f"{name}.json", json.dumps(rows, indent=2) + "\n")
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(output / f"{name}.csv", text.getvalue())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(output / f"{name}.csv", text.getvalue())
 
 
 def _pyplot():
@@ -129,12 +123,9 @@ class TqdmBar:
         self.bar.close()
 
 
-TRIAL_COLUMNS = ("number", "trial_id", "lr", "step_size", "gamma", "epochs", "val_acc", "best_epoch", "status", "error")
-
-
-def write_trials(output: Path, trials: list[dict]) -> None:
-    """trials.json (with each trial's history) and trials.csv (one row per trial)."""
-    _write_table(output, "trials", trials, TRIAL_COLUMNS)
+def write_trials(output: Path, trials: list[dict], params: list[str]) -> None:
+    """trials.json (with each trial's history) and trials.csv (one row per trial, a column per searched setting)."""
+    _write_table(output, "trials", trials, ["number", "trial_id", *params, "epochs", "val_acc", "best_epoch", "status", "error"])
 
 
 def plot_trials(path: Path, trials: list[dict], best_id: str) -> None:
@@ -150,7 +141,7 @@ def plot_trials(path: Path, trials: list[dict], best_id: str) -> None:
         accs = [h["val_acc"] for h in t["history"]]
         best = t["trial_id"] == best_id
         style = ":" if t["status"] == "errored" else "-"
-        label = f"{t['trial_id']} lr {t['lr']:.1e} ({t['status']})" + (" BEST" if best else "")
+        label = f"{t['trial_id']} ({t['status']})" + (" BEST" if best else "")
         ax.plot(epochs, accs, style, marker="o", linewidth=2.5 if best else 1, alpha=1 if best else 0.7, label=label)
         if t["status"].startswith("stopped"):
             ax.plot(epochs[-1], accs[-1], "x", color="black", markersize=9)

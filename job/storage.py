@@ -11,14 +11,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from job.config import S3Config
 from job.errors import BadInput, JobError
-from job.files import sha256
+from job.files import inside, sha256, write_atomic, write_json
 
 SCHEME = "s3://"
 PROBE = ".job-write-probe"
@@ -147,11 +150,18 @@ class Store:
         except bx.BotoCoreError as e:
             raise self._explain(e, url, "reading") from None
 
-    def read_json(self, url: S3Url) -> dict | None:
-        if not self.exists(url):
-            return None
-        body = self._call("reading", url, self.client.get_object, Bucket=url.bucket, Key=url.key)["Body"].read()
-        return json.loads(body)
+    def read_bytes(self, url: S3Url) -> bytes | None:
+        """The object's content; None when it does not exist."""
+        from botocore import exceptions as bx
+
+        try:
+            return self.client.get_object(Bucket=url.bucket, Key=url.key)["Body"].read()
+        except bx.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._explain(e, url, "reading") from None
+        except bx.BotoCoreError as e:
+            raise self._explain(e, url, "reading") from None
 
     def write_json(self, url: S3Url, value: dict) -> None:
         body = (json.dumps(value, indent=2) + "\n").encode()
@@ -199,8 +209,8 @@ class Store:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def fetch(self, url: S3Url, path: Path) -> bool:
-        """Download one object unless `path` already holds it (same size and ETag); True when it was fetched."""
+    def refresh(self, url: S3Url, path: Path) -> bool:
+        """Download one object unless `path` already holds it (same size and ETag); True when it was downloaded."""
         head = self._call("reading", url, self.client.head_object, Bucket=url.bucket, Key=url.key)
         stamp = path.with_name(f".{path.name}.etag")
         seen = [head["ContentLength"], head["ETag"].strip('"')]
@@ -210,7 +220,7 @@ class Store:
         stamp.write_text(json.dumps(seen))
         return True
 
-    def sync_down(self, url: S3Url, folder: Path) -> int:
+    def mirror(self, url: S3Url, folder: Path) -> int:
         """Mirror every object below `url` into `folder`; unchanged objects (same size and ETag) are not fetched
         again. Returns how many objects were downloaded."""
         index_path = folder / ".job-sync.json"
@@ -220,14 +230,14 @@ class Store:
             raise BadInput(f"{url} holds no objects at {self.endpoint.describe()}: upload the data set first, or check the prefix")
         fetched = 0
         for rel, (size, etag) in sorted(remote.items()):
-            local = folder / rel
+            local = inside(folder, rel)  # a key is data, never a path to trust
             if index.get(rel) == [size, etag] and local.is_file() and local.stat().st_size == size:
                 continue
             self.download(url.join(rel), local)
             index[rel] = [size, etag]
             fetched += 1
         for rel in set(index) - set(remote):  # gone upstream: drop our copy (only ever files we fetched)
-            (folder / rel).unlink(missing_ok=True)
+            inside(folder, rel).unlink(missing_ok=True)
             del index[rel]
         folder.mkdir(parents=True, exist_ok=True)
         index_path.write_text(json.dumps(index))
@@ -265,6 +275,186 @@ class Store:
             parsed = urlparse(self.endpoint.url)
             kwargs |= dict(endpoint_override=parsed.netloc, scheme=parsed.scheme, force_virtual_addressing=False)
         return fs.S3FileSystem(**kwargs)
+
+
+class Location:
+    """Where something of job's lives: a local folder or s3://bucket/prefix, behind one interface.
+
+    The one owner of "local or remote": commands parse every location they are given into one of these and never
+    branch on the kind themselves. It checks writability (a probe file or object, before any compute), claims an
+    output for a run, stages a run locally and publishes it, reads and writes the JSON records of runs and
+    experiments, and pulls remote data, weights and bundles into the cache.
+    """
+
+    def __init__(self, text: str, endpoint: Endpoint | None = None):
+        self.text = text
+        self.remote = is_s3(text)
+        if self.remote:
+            self.url = S3Url.parse(text)
+            self.store = Store(endpoint or Endpoint.resolve())
+        else:
+            self.path = Path(text).expanduser()
+
+    @classmethod
+    def parse(cls, text: str | os.PathLike, s3: S3Config | None = None) -> Location:
+        text = os.fspath(text)
+        if not str(text).strip():
+            raise BadInput("an empty location was given: pass a folder or s3://bucket/prefix")
+        endpoint = None
+        if is_s3(text):
+            s3 = s3 or S3Config()
+            endpoint = Endpoint.resolve(s3.endpoint, s3.region, s3.path_style)
+        return cls(text, endpoint)
+
+    def __str__(self) -> str:
+        return str(self.url) if self.remote else str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Location({str(self)!r})"
+
+    def join(self, *parts: str) -> Location:
+        child = Location.__new__(Location)
+        child.text, child.remote = self.text, self.remote
+        if self.remote:
+            child.url, child.store = self.url.join(*parts), self.store
+        else:
+            child.path = self.path.joinpath(*parts)
+        return child
+
+    # --- checks ---------------------------------------------------------------------------------------------------
+
+    def check_writable(self, what: str) -> None:
+        """Write and delete a probe (file or object) now, so a read-only place, wrong credentials or a missing bucket
+        fail within seconds, before any work."""
+        if self.remote:
+            self.store.check_writable(self.url)
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise BadInput(f"{what} '{self.path}' is a file: pass a folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / PROBE
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise BadInput(f"{what} '{self.path}' is not writable ({e.strerror}): choose a writable location") from None
+
+    def claim(self, overwrite: bool, owner: str | None = None, hint: str = "") -> None:
+        """Make this the output of a run: writable, and holding no other run unless `overwrite`. The run that wrote
+        it (`owner`, e.g. a search's experiment) may write it again."""
+        self.check_writable("output folder" if not self.remote else "output")
+        previous = self.read_json(RUN_FILE)
+        if previous is None or overwrite or (owner is not None and previous.get("experiment") == owner):
+            return
+        raise BadInput(f"output '{self}' already holds another run: pass --overwrite to replace it, {hint}"
+                       "or choose another --output")
+
+    # --- records --------------------------------------------------------------------------------------------------
+
+    def exists(self, name: str = "") -> bool:
+        target = self.join(name) if name else self
+        if self.remote:
+            return target.store.exists(target.url)
+        return target.path.exists()
+
+    def has_files(self) -> bool:
+        if self.remote:
+            return bool(self.store.listing(self.url))
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def read_json(self, name: str) -> dict | None:
+        """A JSON record (run.json, an experiment's settings, a manifest); None when it does not exist. A damaged one
+        is named, not crashed on."""
+        target = self.join(name)
+        if self.remote:
+            body = target.store.read_bytes(target.url)
+        else:
+            try:
+                body = target.path.read_bytes() if target.path.is_file() else None
+            except OSError as e:
+                raise BadInput(f"'{target}' cannot be read ({e.strerror}): fix its permissions") from None
+        if body is None:
+            return None
+        try:
+            value = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            value = None
+        if not isinstance(value, dict):
+            raise BadInput(f"'{target}' is damaged (not a JSON object): restore it, or delete it and run again")
+        return value
+
+    def write_json(self, name: str, value: dict) -> None:
+        """Atomically: a local temporary file renamed over the old one; one PUT on S3 (an object is whole or absent)."""
+        target = self.join(name)
+        if self.remote:
+            target.store.write_json(target.url, value)
+        else:
+            write_json(target.path, value)
+
+    def delete(self) -> None:
+        """Everything below this location (the caller has checked it is one of ours)."""
+        if self.remote:
+            self.store.delete_prefix(self.url)
+        elif self.path.is_dir():
+            shutil.rmtree(self.path)
+
+    # --- moving runs and data -------------------------------------------------------------------------------------
+
+    def stage(self, cache: Path) -> Path:
+        """The local folder a run is written into: this folder, or for s3:// a folder in the cache that `publish`
+        uploads when the run has finished."""
+        if not self.remote:
+            self.path.mkdir(parents=True, exist_ok=True)
+            return self.path
+        folder = cache / "staging" / hashlib.sha256(str(self).encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def publish(self, staged: Path, last: str) -> None:
+        """Make a finished run in `staged` visible here; `last` (a manifest) becomes visible after every other file."""
+        if self.remote:
+            self.store.publish(staged, self.url, last=last)
+
+    def pull(self, cache: Path, folder: bool = False) -> Path:
+        """A local path holding this location's content: itself, or for s3:// a copy in the cache (a folder is
+        mirrored, a file downloaded; unchanged objects are not downloaded again)."""
+        if not self.remote:
+            return self.path
+        local = self.cache_path(cache)
+        if folder:
+            self.store.mirror(self.url, local)
+        else:
+            self.store.refresh(self.url, local)
+        return local
+
+    def cache_path(self, cache: Path) -> Path:
+        """Where `pull` keeps a copy of this location in the cache."""
+        return cache / "s3" / self.url.bucket / self.url.key if self.remote else self.path
+
+    def pull_files(self, names: list[str], into: Path) -> None:
+        """Download the named files below this location into `into` (names from a manifest: checked to stay inside)."""
+        for name in names:
+            target = inside(into, name)
+            if self.remote:
+                self.store.download(self.url.join(name), target)
+            else:
+                shutil.copyfile(inside(self.path, name), target)
+
+    def push(self, local: Path) -> None:
+        """Copy the local file `local` here (a record kept locally while it changes, e.g. the study's journal)."""
+        if self.remote:
+            self.store.upload(local, self.url)
+        elif local.resolve() != self.path.resolve():
+            write_atomic(self.path, local.read_bytes())
+
+    def for_ray(self) -> tuple[str, object | None]:
+        """(storage_path, storage_filesystem) for Ray Tune's RunConfig."""
+        if self.remote:
+            return f"{self.url.bucket}/{self.url.key}".rstrip("/"), self.store.pyarrow_fs()
+        return str(self.path.resolve()), None
+
+
+RUN_FILE = "run.json"  # in every run's output: what wrote it, its status and result
 
 
 _CREDENTIALS: list = []  # this process's credentials, resolved once from boto3's chain (kept in memory only)

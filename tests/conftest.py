@@ -1,7 +1,10 @@
-"""Shared fixtures: small real image folders on disk, the real CLI in a subprocess, a private cache."""
+"""Shared fixtures: small real image folders on disk, the real CLI (in-process, or in a subprocess where a test needs
+a process of its own), a private cache."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -19,8 +22,10 @@ from job.config import ENV_NOT_SETTINGS
 from tests.s3server import NoServer, S3Server
 from tests.s3server import s3_server as start_s3_server
 
-# A tiny, fast configuration for tests: a real torchvision model at 32 px, no pretrained weights needed.
-TINY = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
+# The fastest configuration, for tests of wiring: job's few-layer CNN at 32 px (trains in milliseconds).
+TINY = ["--model", "tiny_cnn", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
+# A real torchvision model at 32 px, no pretrained weights: where a test needs a model that really learns.
+RESNET = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
 
 
 def pattern(label: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
@@ -61,25 +66,95 @@ def _private_cache(cache, monkeypatch):
             monkeypatch.delenv(key)
 
 
+@pytest.fixture
+def default_sigint():
+    """Ctrl-C raises KeyboardInterrupt for the test, whatever this process inherited (SIG_IGN under nohup or `&`)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.fixture(scope="session")
 def images(tmp_path_factory) -> Path:
     """A shared, read-only DIR/<class>/* folder: 3 classes x 12 images."""
     return make_folder(tmp_path_factory.mktemp("images"))
 
 
+@contextlib.contextmanager
+def _environment(env: dict | None, cwd: Path | None):
+    saved, here = dict(os.environ), os.getcwd()
+    os.environ.update(env or {})
+    if cwd:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def run_job(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The real CLI, as a user runs it."""
+    """The real CLI's entry point, `job.cli.main(argv)`, called in this process with its output captured (as
+    fastapi-cli's tests do). `job tune` starts Ray, which keeps state in its process: it runs as a subprocess."""
+    if args and args[0] == "tune":
+        return run_job_process(*args, env=env, timeout=timeout, cwd=cwd)
+    from job import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = list(map(str, args))
+    with _environment(env, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(argv)
+        except SystemExit as e:  # argparse: usage errors, --help
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(["job", *argv], code, out.getvalue(), err.getvalue())
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a child of a shell that ignores SIGINT (nohup, `&`) inherits that
+
+
+def run_job_process(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed command in a process of its own, as a user runs it."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "job", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd)
+                          env=full_env, timeout=timeout, cwd=cwd, preexec_fn=_default_sigint)
+
+
+def start_job(args: list[str], env: dict | None = None, cwd: Path | None = None, **kwargs) -> subprocess.Popen:
+    """`job ARGS` started in its own process group, with Ctrl-C's default disposition, stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "job", *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+                            preexec_fn=_default_sigint, **kwargs)
+
+
+def saved_statuses(experiment: str, env: dict | None = None) -> dict[str, str]:
+    """{trial id: status} in the newest experiment state Ray has saved under `experiment` (a folder or s3://)."""
+    import json
+
+    from job.storage import Location
+
+    with _environment(env, None):
+        where = Location.parse(experiment)
+        if where.remote:
+            names = sorted(k for k in where.store.listing(where.url) if k.startswith("experiment_state-"))
+            state = where.read_json(names[-1]) if names else None
+        else:
+            names = sorted(where.path.glob("experiment_state-*.json"))
+            state = json.loads(names[-1].read_text()) if names else None
+    if not state:
+        return {}
+    trials = [json.loads(entry[0]) for entry in state["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
 
 
 def kill_after_trials_end(args: list[str], count: int, env: dict | None = None, cwd: Path | None = None) -> list[str]:
-    """Run `job ARGS` until `count` trials have ended, then SIGKILL its whole process group, as when a pod dies.
-    Returns the ids of the trials that ended, read from the progress lines ('[  21s] c9d7ccb4 completed | ...')."""
-    proc = subprocess.Popen([sys.executable, "-m", "job", *map(str, args)], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}, cwd=cwd,
-                            start_new_session=True)
+    """Run `job ARGS` until `count` trials have ended and Ray's saved experiment state says so, then SIGKILL its whole
+    process group, as when a pod dies. Returns the ids of the trials that ended, read from the progress lines
+    ('[  21s] c9d7ccb4 completed | ...')."""
+    experiment = f"{args[args.index('--storage') + 1]}/job-tune"
+    proc = start_job(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
     ended, deadline = [], time.monotonic() + 400
     for line in proc.stderr:
         m = re.match(r"\[\s*\d+s\] (\w+) (completed|stopped after)", line)
@@ -87,7 +162,12 @@ def kill_after_trials_end(args: list[str], count: int, env: dict | None = None, 
             ended.append(m.group(1))
         if len(ended) >= count or time.monotonic() > deadline:
             break
-    time.sleep(2)  # let the experiment snapshot (every second) record them
+    # wait on the event itself: the experiment state on storage records them (Ray snapshots it every second)
+    while time.monotonic() < deadline and proc.poll() is None:
+        statuses = saved_statuses(experiment, env)
+        if all(statuses.get(t) == "TERMINATED" for t in ended[:count]):
+            break
+        time.sleep(0.2)  # polling interval while waiting for that file, not a guess at how long it takes
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(ended) >= count, "the search did not get far enough before the deadline"

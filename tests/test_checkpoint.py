@@ -4,17 +4,17 @@ import signal
 import pytest
 import torch
 
-from job import checkpoint
+from job import checkpoint, signals
 from job.errors import BadInput
 
 
-def test_a_signal_during_save_waits_for_the_file_to_be_complete(tmp_path):
+def test_a_signal_during_save_waits_for_the_file_to_be_complete(tmp_path, default_sigint):
     path = tmp_path / "checkpoint.pt"
     checkpoint.save({"format": "job-checkpoint/1", "epoch": 1}, path)
     with pytest.raises(KeyboardInterrupt):
-        with checkpoint.signals_deferred():
+        with signals.critical():
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-write
-            torch.save({"format": "job-checkpoint/1", "epoch": 2, "w": torch.ones(1000)}, path)
+            checkpoint.save({"format": "job-checkpoint/1", "epoch": 2, "w": torch.ones(1000)}, path)
     assert checkpoint.load(path)["epoch"] == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 

@@ -1,0 +1,76 @@
+"""The library API (`import job`): what the `job` command does, callable from a notebook or another program.
+
+Each function takes settings as dataclasses or plain dicts (validated the same way as a config file), reads no
+JOB_* environment variables, and leaves the caller's environment variables and signal handlers as it found them.
+Torch and Ray are imported when a function runs, not when `job` is imported.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from job.config import S3Config, SearchConfig, TrainConfig
+
+
+def _settings(cls, value: Any, source: str):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return cls.from_dict(value, source)
+    raise TypeError(f"{source} must be a {cls.__name__} or a dict, not {type(value).__name__}")
+
+
+def default_output(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(config: TrainConfig | Mapping | None = None, output: str | Path | None = None, *,
+          overwrite: bool = False, resume: str | Path | None = None, s3: S3Config | Mapping | None = None,
+          on_epoch: Callable | None = None, bar: Callable | None = None):
+    """Fine-tune one model; returns a `job.Result` (output, bundle, best epoch and metrics, history).
+
+    `output` is a local folder or s3://bucket/prefix (default runs/train-<time>). `resume` continues the local run
+    folder it names with the settings saved in its checkpoint (`config` may then change only epochs, device and
+    workers). Ctrl-C stops after the last saved epoch (KeyboardInterrupt)."""
+    from job import checkpoint, run, signals
+
+    s3 = _settings(S3Config, s3, "s3")
+    state = None
+    if resume is not None:
+        state = checkpoint.load(Path(resume))
+        output = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        changes = {} if config is None else _settings(TrainConfig, config, "config").to_dict()
+        saved = TrainConfig.from_dict(state["config"], "the checkpoint")
+        allowed = {k: v for k, v in changes.items() if k in ("epochs", "device", "workers")}
+        config = TrainConfig.from_dict(saved.to_dict() | allowed, "the checkpoint")
+    cfg = _settings(TrainConfig, config, "config")
+    with signals.Stop():
+        return run.train(cfg, output or default_output("train"), resume=state, overwrite=overwrite, bar=bar,
+                         on_epoch=on_epoch, s3=s3)
+
+
+def tune(config: TrainConfig | Mapping | None = None, search: SearchConfig | Mapping | None = None,
+         output: str | Path | None = None, *, restart: bool = False, overwrite: bool = False, progress: bool = False,
+         s3: S3Config | Mapping | None = None):
+    """Search settings with Ray Tune (Optuna TPE + ASHA) and export the best model; returns a `job.Result` whose
+    `trials` lists every trial. An unfinished experiment of the same name is resumed. `progress` prints one line
+    per epoch and per ended trial on stderr. Ctrl-C saves the experiment and raises KeyboardInterrupt."""
+    import importlib
+
+    searching = importlib.import_module("job.tune")  # the module: `from job import tune` may be this function
+    search = _settings(SearchConfig, search, "search")
+    return searching.search(_settings(TrainConfig, config, "config"), search, output or Path("runs") / search.name,
+                            restart=restart, overwrite=overwrite, progress=progress, s3=_settings(S3Config, s3, "s3"))
+
+
+def load(path: str | Path, device: str = "auto", s3: S3Config | Mapping | None = None):
+    """The model of a bundle (a run folder, its best/ folder, or s3://...), verified against its manifest: a
+    `job.Model` with `.predict(images)` and `.evaluate(folder)`."""
+    from job import inference, run
+    from job.storage import Location
+
+    return inference.load(Location.parse(path, _settings(S3Config, s3, "s3")), run.cache_dir(), device)

@@ -1,0 +1,121 @@
+"""The Optuna study behind `job tune`, through Optuna's public ask-and-tell API.
+
+One Optuna trial per Ray trial (its Ray id kept as the user attribute `ray_trial_id`), each epoch's metric reported
+as an intermediate value, trials stopped early by ASHA told as PRUNED and crashed ones as FAIL. The study lives in
+an Optuna journal file beside the experiment, appended to as each trial is asked for and told, so it is the search's
+own durable record: a resumed search reads which trials exist from it (never more than `num_samples`), TPE learns
+from every finished trial, and `optuna-dashboard JOURNAL` shows the study during and after the search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+JOURNAL = "optuna.journal"
+RAY_TRIAL_ID = "ray_trial_id"
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """What is searched: Optuna distributions, plus the values that are fixed (a range whose min equals its max)."""
+
+    searched: dict[str, BaseDistribution]
+    fixed: dict[str, float | int]
+    names: tuple[str, ...]  # every setting of the space, in the order it is shown
+    @classmethod
+    def of(cls, lr: tuple[float, float], step_size: tuple[int, int], gamma: tuple[float, float]) -> Space:
+        ranges = {"lr": (FloatDistribution(*lr, log=True), lr), "step_size": (IntDistribution(*step_size), step_size),
+                  "gamma": (FloatDistribution(*gamma), gamma)}
+        return cls({k: d for k, (d, (lo, hi)) in ranges.items() if lo != hi},
+                   {k: lo for k, (_, (lo, hi)) in ranges.items() if lo == hi}, tuple(ranges))
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    metric: str  # the reported metric the study optimises
+    mode: str  # "max" or "min"
+    max_steps: int  # a trial told before this many steps was stopped early (PRUNED)
+
+
+class Study:
+    """The study of one experiment, asked and told by trial key (Ray's trial id)."""
+
+    def __init__(self, journal: Path, name: str, space: Space, objective: Objective, sampler: str, seed: int,
+                 startup_trials: int, num_samples: int, on_change: Callable[[], None] = lambda: None):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        self.space, self.objective, self.num_samples, self.on_change = space, objective, num_samples, on_change
+        existing = len(optuna.get_all_study_names(storage)) and name in optuna.get_all_study_names(storage)
+        previous = len(optuna.load_study(study_name=name, storage=storage).trials) if existing else 0
+        # A resumed search draws new numbers, not the first run's again: the sampler's seed moves on with the study.
+        sampler_seed = seed + previous
+        chosen = (optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=startup_trials) if sampler == "tpe"
+                  else optuna.samplers.RandomSampler(seed=sampler_seed))
+        self.study = optuna.create_study(study_name=name, storage=storage, sampler=chosen, load_if_exists=True,
+                                         direction="maximize" if objective.mode == "max" else "minimize")
+        self.numbers = {t.user_attrs[RAY_TRIAL_ID]: t.number for t in self.study.trials if RAY_TRIAL_ID in t.user_attrs}
+        self.asked: dict[str, optuna.Trial] = {}  # trials asked by this process: they take intermediate values
+        self.seen: dict[str, list[float]] = {}  # every finite value of the metric reported here, per trial
+
+    def ask(self, key: str) -> dict | None:
+        """The settings of trial `key` (the same ones again for a trial that was already asked for); None once the
+        study holds `num_samples` trials."""
+        if key in self.numbers:
+            frozen = self.study.trials[self.numbers[key]]
+            return {**self.space.fixed, **frozen.params}
+        if len(self.numbers) >= self.num_samples:
+            return None
+        trial = self.study.ask(dict(self.space.searched))
+        trial.set_user_attr(RAY_TRIAL_ID, key)
+        self.numbers[key], self.asked[key] = trial.number, trial
+        self.on_change()  # recorded before the trial starts: a resumed search never counts it twice
+        return {**self.space.fixed, **trial.params}
+
+    def report(self, key: str, step: int, metrics: dict) -> None:
+        value = metrics.get(self.objective.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self.seen.setdefault(key, []).append(float(value))
+        if key in self.asked:
+            self.asked[key].report(float(value), step)
+
+    def tell(self, key: str, steps: int, metrics: dict | None, failed: bool) -> None:
+        """Trial `key` ended after `steps` steps: complete, stopped early (pruned) or failed. A trial this study never
+        asked for (a snapshot race after a kill) is left out of the study but still runs and counts."""
+        number = self.numbers.get(key)
+        frozen = self.study.trials[number] if number is not None else None
+        if frozen is None or frozen.state != TrialState.RUNNING:
+            return
+        last = (metrics or {}).get(self.objective.metric)
+        values = [*frozen.intermediate_values.values(), *self.seen.get(key, []),
+                  *([float(last)] if last is not None and math.isfinite(last) else [])]
+        value = (max if self.objective.mode == "max" else min)(values) if values else None  # the trial's best epoch
+        if failed or value is None:
+            self.study.tell(number, state=TrialState.FAIL)
+        elif steps < self.objective.max_steps:
+            self.study.tell(number, state=TrialState.PRUNED)
+        else:
+            self.study.tell(number, float(value))
+        self.on_change()
+
+    def importances(self) -> dict[str, float]:
+        """Parameter importances (Optuna's default evaluator), largest first; empty when too few trials finished."""
+        finished = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
+        if len(finished) < 2 or not self.space.searched:
+            return {}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "importances will be equal" on tiny studies: the numbers say so
+                return optuna.importance.get_param_importances(self.study)
+        except (RuntimeError, ValueError):  # e.g. every finished trial has the same parameters
+            return {}

@@ -1,0 +1,84 @@
+"""A training run into a folder (run.py): exact resume, what it writes, and how it claims its output."""
+
+import json
+
+import pytest
+import torch
+
+from job import bundle, checkpoint, data, inference, model, run
+from job.config import TrainConfig
+from job.errors import BadInput
+from job.storage import Location
+
+
+def tiny(images, **kw) -> TrainConfig:
+    return TrainConfig(**{"data": str(images), "model": "tiny_cnn", "weights": "none", "image_size": 32,
+                          "batch_size": 8, "epochs": 3, "lr": 0.05, **kw})
+
+
+def no_timing(history):
+    return [{k: v for k, v in h.items() if k not in ("epoch_s", "images_per_s")} for h in history]
+
+
+def test_resume_ends_equal_to_an_uninterrupted_run(images, tmp_path):
+    cfg = tiny(images, scheduler="step", step_size=1, gamma=0.5)
+    whole = run.train(cfg, tmp_path / "whole")
+
+    def stop_after_two(epoch):
+        if epoch.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.train(cfg, tmp_path / "cut", on_epoch=stop_after_two)
+    state = checkpoint.load(tmp_path / "cut")
+    assert state["epoch"] == 2 and not (tmp_path / "cut" / bundle.BEST_DIR).exists()
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "running"
+    resumed = run.train(TrainConfig.from_dict(state["config"]), tmp_path / "cut", resume=state)
+    assert resumed.resumed_from == 2
+    assert no_timing(resumed.history) == no_timing(whole.history)
+    a = torch.load(tmp_path / "whole" / "best" / bundle.WEIGHTS, weights_only=True)
+    b = torch.load(tmp_path / "cut" / "best" / bundle.WEIGHTS, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_and_bundle_give_identical_predictions(images, tmp_path, cache):
+    cfg = tiny(images, epochs=1)
+    result = run.train(cfg, tmp_path / "r")
+    s = run.setup(cfg, cache)
+    x, _ = next(iter(s.fit.val))
+    x = data.normalise(x, s.prep)
+
+    restored = run.setup(cfg, cache).fit
+    assert checkpoint.load(tmp_path / "r")["best_model"] is None  # the best epoch is the last: its weights once
+    restored.restore(checkpoint.load(tmp_path / "r"))
+    trained = model.create("tiny_cnn", "none", 3)
+    trained.load_state_dict(checkpoint.load(tmp_path / "r")["model"])
+    trained = trained.to(memory_format=torch.channels_last)  # as job trains and predicts, on every device
+    loaded = inference.load(Location.parse(result.output), cache, "cpu")
+    with torch.no_grad():
+        expected = trained.eval()(x)
+        assert torch.equal(restored.model.eval()(x), expected)
+        assert torch.equal(loaded.net(x), expected)  # 1 epoch: the best epoch is the last
+    assert loaded.classes == ("class_0", "class_1", "class_2") and loaded.prep == s.prep
+    assert loaded.manifest["metrics"]["val_acc"] == result.best["val_acc"]
+    assert loaded.manifest["config"] == cfg.to_dict()
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert record["status"] == "done" and record["kind"] == "train" and record["best_epoch"] == 1
+
+
+def test_output_with_a_run_is_claimed_only_with_overwrite_which_clears_the_old_run(images, tmp_path):
+    out = tmp_path / "r"
+    run.train(tiny(images, epochs=2), out)
+    (out / "notes.txt").write_text("mine")
+    (out / "trials.csv").write_text("from another run")
+    with pytest.raises(BadInput, match="already holds another run.*--overwrite"):
+        run.train(tiny(images, epochs=1), out)
+    result = run.train(tiny(images, epochs=1), out, overwrite=True)
+    assert len(result.history) == 1 and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "trials.csv").exists()  # job's own files of the old run are gone: nothing mixes
+
+
+def test_an_output_that_is_a_file_is_refused_before_any_work(images, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BadInput, match="is a file"):
+        run.train(tiny(images), tmp_path / "file")
