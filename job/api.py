@@ -7,11 +7,16 @@ Torch and Ray are imported when a function runs, not when `job` is imported.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from job.config import S3Config, SearchConfig, TrainConfig
+from job.errors import BadInput
+
+RESUME_MAY_CHANGE = {"epochs", "device", "workers"}  # what a resumed run may change: how long and where, not what
 
 
 def _settings(cls, value: Any, source: str):
@@ -22,6 +27,19 @@ def _settings(cls, value: Any, source: str):
     if isinstance(value, Mapping):
         return cls.from_dict(value, source)
     raise TypeError(f"{source} must be a {cls.__name__} or a dict, not {type(value).__name__}")
+
+
+@contextlib.contextmanager
+def _as_found():
+    """The caller's environment variables as they were, whatever the libraries underneath set while the call ran
+    (torch sets TORCHINDUCTOR_CACHE_DIR on import, Ray Tune's settings are set for the search)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        if dict(os.environ) != saved:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 def default_output(kind: str) -> Path:
@@ -36,17 +54,24 @@ def train(config: TrainConfig | Mapping | None = None, output: str | Path | None
     `output` is a local folder or s3://bucket/prefix (default runs/train-<time>). `resume` continues the local run
     folder it names with the settings saved in its checkpoint (`config` may then change only epochs, device and
     workers). Ctrl-C stops after the last saved epoch (KeyboardInterrupt)."""
+    with _as_found():
+        return _train(config, output, overwrite, resume, _settings(S3Config, s3, "s3"), on_epoch, bar)
+
+
+def _train(config, output, overwrite: bool, resume, s3: S3Config, on_epoch, bar):
     from job import checkpoint, run, signals
 
-    s3 = _settings(S3Config, s3, "s3")
     state = None
     if resume is not None:
         state = checkpoint.load(Path(resume))
         output = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-        changes = {} if config is None else _settings(TrainConfig, config, "config").to_dict()
-        saved = TrainConfig.from_dict(state["config"], "the checkpoint")
-        allowed = {k: v for k, v in changes.items() if k in ("epochs", "device", "workers")}
-        config = TrainConfig.from_dict(saved.to_dict() | allowed, "the checkpoint")
+        if isinstance(config, TrainConfig):  # resolved over the checkpoint's config already (the CLI does)
+            config = {k: getattr(config, k) for k in RESUME_MAY_CHANGE}
+        changes = dict(config or {})
+        refused = sorted(set(changes) - RESUME_MAY_CHANGE)
+        if refused:
+            raise BadInput(f"resume cannot change {', '.join(refused)}: only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
+        config = TrainConfig.from_dict(state["config"] | changes, "the checkpoint")
     cfg = _settings(TrainConfig, config, "config")
     with signals.Stop():
         return run.train(cfg, output or default_output("train"), resume=state, overwrite=overwrite, bar=bar,
@@ -63,8 +88,9 @@ def tune(config: TrainConfig | Mapping | None = None, search: SearchConfig | Map
 
     searching = importlib.import_module("job.tune")  # the module: `from job import tune` may be this function
     search = _settings(SearchConfig, search, "search")
-    return searching.search(_settings(TrainConfig, config, "config"), search, output or Path("runs") / search.name,
-                            restart=restart, overwrite=overwrite, progress=progress, s3=_settings(S3Config, s3, "s3"))
+    with _as_found():
+        return searching.search(_settings(TrainConfig, config, "config"), search, output or Path("runs") / search.name,
+                                restart=restart, overwrite=overwrite, progress=progress, s3=_settings(S3Config, s3, "s3"))
 
 
 def load(path: str | Path, device: str = "auto", s3: S3Config | Mapping | None = None):
@@ -73,4 +99,5 @@ def load(path: str | Path, device: str = "auto", s3: S3Config | Mapping | None =
     from job import inference, run
     from job.storage import Location
 
-    return inference.load(Location.parse(path, _settings(S3Config, s3, "s3")), run.cache_dir(), device)
+    with _as_found():
+        return inference.load(Location.parse(path, _settings(S3Config, s3, "s3")), run.cache_dir(), device)

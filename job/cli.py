@@ -53,7 +53,6 @@ TUNE_FLAGS = {
     "storage": "where Ray keeps the experiment",
     "name": "experiment name (an unfinished one is resumed)",
 }
-RESUME_MAY_CHANGE = {"epochs", "device", "workers"}
 
 
 def _metavar(cls, key: str) -> str:
@@ -203,9 +202,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise BadInput("--resume takes the local run folder: a run written to s3:// is published when it has finished")
         if args.config or args.set or args.print_config:
             raise BadInput("--resume takes its settings from the checkpoint: drop --config/--set, or start a new run")
-        changed = sorted(k for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k) and k not in RESUME_MAY_CHANGE)
+        changed = sorted(k for k in [*TRAIN_FLAGS, *BOOL_FLAGS] if hasattr(args, k) and k not in api.RESUME_MAY_CHANGE)
         if changed:
-            raise BadInput(f"--resume cannot change {', '.join(changed)}: only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
+            raise BadInput(f"--resume cannot change {', '.join(changed)}: only {', '.join(sorted(api.RESUME_MAY_CHANGE))} may change")
         folder = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
         if args.output and Path(args.output).resolve() != folder.resolve():
             raise BadInput(f"--resume continues in '{folder}': drop --output {args.output}")

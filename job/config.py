@@ -28,6 +28,8 @@ from job.errors import BadInput
 ENV_PREFIX = "JOB_"
 # JOB_* variables that are not settings: where things live, and the test suite's own.
 ENV_NOT_SETTINGS = ("JOB_CACHE", "JOB_FASHION_MNIST_DIR", "JOB_TEST_")
+# JOB_* variables that other tools set (Jenkins, in every build): ignored without a word.
+ENV_OF_OTHER_TOOLS = ("JOB_NAME", "JOB_BASE_NAME", "JOB_URL", "JOB_DISPLAY_URL")
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
@@ -274,10 +276,11 @@ def from_env(cls: type, env: Mapping[str, str], warn=None) -> dict[str, str]:
     fields = _fields(cls)
     known = [n for n in names if n[len(prefix):].lower() in fields]
     everything = {_env_prefix(c) + f.upper() for c in SECTIONS for f in _fields(c)}
-    for name in sorted(set(names) - set(known)):
-        close = difflib.get_close_matches(name, everything, n=1, cutoff=0.75)
-        if close and warn:
-            warn(f"warning: environment variable {name} is not a job setting (ignored): did you mean {close[0]}?")
+    for name in sorted(set(names) - set(known) - set(ENV_OF_OTHER_TOOLS)):
+        close = difflib.get_close_matches(name, everything, n=1)
+        if warn:
+            warn(f"warning: environment variable {name} is not a job setting (ignored)"
+                 + (f": did you mean {close[0]}?" if close else ""))
     return {name[len(prefix):].lower(): env[name] for name in known}
 
 

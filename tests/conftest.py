@@ -28,6 +28,13 @@ TINY = ["--model", "tiny_cnn", "--weights", "none", "--image-size", "32", "--bat
 RESNET = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs the S3 server is slow (the server starts in seconds, each upload is a real request)."""
+    for item in items:
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def pattern(label: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
     """An RGB image whose class is visible: stripes of a class-specific orientation and colour, plus noise."""
     y, x = np.mgrid[0:size, 0:size]

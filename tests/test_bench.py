@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_json_and_markdown_for_every_section(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT, timeout=900,
                        capture_output=True, text=True, env={**os.environ, "JOB_CACHE": str(tmp_path / "cache")})

@@ -1,4 +1,5 @@
-"""The real `job` command in subprocesses: what a user types, what they see, and the exit codes."""
+"""The `job` command: what a user types, what they see, and the exit codes. Most tests call the entry point in this
+process (`run_job`); a few run the installed command in a process of its own, for signals and exit codes."""
 
 import json
 import signal
@@ -11,7 +12,7 @@ import torch
 
 from job import checkpoint, model
 from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
-from tests.conftest import TINY, assert_error, make_folder, run_job
+from tests.conftest import TINY, assert_error, make_folder, run_job, run_job_process, start_job
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,7 @@ def test_overwrite_replaces_the_run(images, tmp_path):
     r = run_job("train", "--data", images, *TINY, "--epochs", "2", "--output", out, "--overwrite", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["epochs"] == 2 and (out / "notes.txt").read_text() == "mine"
+    assert len(json.loads((out / "history.json").read_text())) == 2
 
 
 def bad_folder(kind, root):
@@ -164,14 +166,25 @@ def test_bad_settings(images, tmp_path, flags, fragments):
 
 
 def test_weights_file_for_another_architecture(images, tmp_path):
-    torch.save(model.create("resnet18", "none", 3).state_dict(), tmp_path / "r18.pth")
-    r = run_job("train", "--data", images, "--model", "mobilenet_v3_small", "--weights", tmp_path / "r18.pth", "--output", tmp_path / "o")
-    assert_error(r, EXIT_BAD_INPUT, "r18.pth", "do not fit mobilenet_v3_small", "--weights none")
+    torch.save(model.create("tiny_cnn", "none", 3).state_dict(), tmp_path / "tiny.pth")
+    r = run_job("train", "--data", images, "--model", "mobilenet_v3_small", "--weights", tmp_path / "tiny.pth", "--output", tmp_path / "o")
+    assert_error(r, EXIT_BAD_INPUT, "tiny.pth", "do not fit mobilenet_v3_small", "--weights none")
 
 
 def test_torchvision_weights_missing_offline_says_where_to_put_them(images, tmp_path):
     r = run_job("train", "--data", images, "--model", "resnet18", "--output", tmp_path / "o", env={"TORCH_HOME": str(tmp_path / "th")})
     assert_error(r, EXIT_BAD_INPUT, "https://download.pytorch.org/models/resnet18-f37072fd.pth", str(tmp_path / "th"))
+
+
+@pytest.mark.slow
+def test_the_installed_command_exits_with_the_documented_codes(images, tmp_path):
+    """The real process, as a user or a Kubernetes podFailurePolicy sees it: 0, 2, and the quick exit."""
+    r = run_job_process("train", "--data", images, *TINY, "--epochs", "1", "--output", tmp_path / "o", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["epochs"] == 1, r.stderr
+    assert_error(run_job_process("train", "--data", tmp_path / "none", "--output", tmp_path / "p"), EXIT_BAD_INPUT, "does not exist")
+    r = run_job_process("train", "--no-such-flag")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+    assert run_job_process("--version").stdout.startswith("job ")
 
 
 def test_usage_errors_exit_2(tmp_path):
@@ -186,31 +199,51 @@ def test_config_precedence_through_the_cli(tmp_path):
     r = run_job("train", "--config", tmp_path / "c.toml", "--epochs", "4", "--print-config", env={"JOB_LR": "0.25", "JOB_GAMMA": "0.3"})
     assert r.returncode == 0, r.stderr
     assert "lr = 0.25" in r.stdout and "epochs = 4" in r.stdout and "gamma = 0.3" in r.stdout
-    assert_error(run_job("train", "--print-config", env={"JOB_LRATE": "1"}), EXIT_BAD_INPUT, "JOB_LRATE")
+
+
+def test_other_tools_job_variables_do_not_stop_a_run_and_misspellings_are_named():
+    """Jenkins exports JOB_NAME and JOB_URL into every build: not ours to refuse."""
+    r = run_job("train", "--print-config", env={"JOB_NAME": "build-42", "JOB_URL": "http://ci/job/42", "JOB_LRATE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "JOB_LRATE is not a job setting (ignored): did you mean JOB_LR?" in r.stderr
+    assert "JOB_URL" not in r.stderr and "lr = 0.01" in r.stdout
+
+
+def test_help_shows_each_flags_type_and_default_and_every_flag_has_help():
+    from job.cli import build_parser
+
+    parser = build_parser()
+    assert "--epochs N" in run_job("train", "--help").stdout and "(default 5)" in run_job("train", "--help").stdout
+    assert "--lr-range MIN,MAX" in run_job("tune", "--help").stdout
+    for action in parser._subparsers._group_actions[0].choices.values():
+        for flag in action._actions:
+            assert flag.help, flag.option_strings
+            assert flag.metavar != "X" or flag.type is None  # no bare X for a typed flag
 
 
 def test_help_does_not_import_torch():
-    code = "import sys, job.cli; job.cli.build_parser().format_help(); assert 'torch' not in sys.modules"
+    code = "import sys, job, job.cli; job.cli.build_parser().format_help(); assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     assert "config" in run_job("config").stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_keeps_the_last_checkpoint_and_resume_finishes(images, tmp_path, signum):
     """Ctrl-C, or SIGTERM from docker stop / Kubernetes, mid-run: exit 130, the checkpoint intact, resumable."""
     out = tmp_path / "r"
-    args = [sys.executable, "-m", "job", "train", "--data", str(images), *TINY, "--epochs", "40", "--output", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc = start_job(["train", "--data", str(images), *TINY, "--epochs", "400", "--output", str(out)],
+                     stdout=subprocess.PIPE)
+    for line in proc.stderr:  # wait on the event itself: the first epoch's line comes after its checkpoint
+        if line.startswith("epoch 1/"):
+            break
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert "job train --resume" in err and "Traceback" not in err
     state = checkpoint.load(out)
     done = state["epoch"]
-    assert 1 <= done < 40 and not (out / "best").exists()
+    assert 1 <= done < 400 and not (out / "best").exists()
     r = run_job("train", "--resume", out, "--epochs", str(done + 2), "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
@@ -231,6 +264,7 @@ def test_builtin_fashion_mnist_materialises_and_trains(tmp_path, cache):
     assert_error(r, EXIT_BAD_INPUT, "apt-get install dataset-fashion-mnist")
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_beats_random_init_on_real_images(tmp_path):
     """EfficientNet-Lite0 on 1,000 real Fashion-MNIST photos, 2 epochs: ImageNet weights must help a lot."""
     acc = {}

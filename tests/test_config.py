@@ -54,8 +54,9 @@ def test_bad_values_name_the_key(overrides, fragment):
 def test_unknown_key_suggests_the_closest():
     with pytest.raises(BadInput, match="did you mean 'step_size'"):
         config.resolve(env={}, overrides={"stepsize": "2"})
-    with pytest.raises(BadInput, match="did you mean JOB_GAMMA"):
-        config.resolve(env={"JOB_GAMA": "0.5"})
+    warnings = []
+    config.resolve(env={"JOB_GAMA": "0.5"}, warn=warnings.append)
+    assert warnings and warnings[0].endswith("did you mean JOB_GAMMA?")
 
 
 def test_bad_file(tmp_path):
@@ -102,6 +103,21 @@ def test_bad_search_settings_name_the_key(overrides, fragment):
     assert fragment in str(e.value)
 
 
-def test_unknown_search_env_var_suggests_the_right_one():
-    with pytest.raises(BadInput, match="unknown environment variable JOB_NUM_SAMPLES: did you mean JOB_TUNE_NUM_SAMPLES"):
-        config.resolve(env={"JOB_NUM_SAMPLES": "4"})
+def test_unknown_env_vars_are_ignored_with_a_warning_that_suggests_the_right_one():
+    warnings = []
+    cfg = config.resolve(env={"JOB_NUM_SAMPLES": "4", "JOB_NAME": "build-42", "JOB_XYZZY": "1"}, warn=warnings.append)
+    assert cfg == TrainConfig()
+    assert warnings == ["warning: environment variable JOB_NUM_SAMPLES is not a job setting (ignored): "
+                        "did you mean JOB_TUNE_NUM_SAMPLES?",
+                        "warning: environment variable JOB_XYZZY is not a job setting (ignored)"]
+
+
+@pytest.mark.parametrize("overrides", [{"lr": "inf"}, {"lr": "nan"}, {"gamma": "-inf"}, {"lr": float("nan")}])
+def test_non_finite_numbers_are_refused_by_name(overrides):
+    key = next(iter(overrides))
+    with pytest.raises(BadInput, match=f"{key} = .* is not a finite number"):
+        config.resolve(env={}, overrides=overrides)
+    with pytest.raises(BadInput, match="lr_range = .* is not a finite number"):
+        config.resolve(env={}, overrides={"lr_range": "0.001,inf"}, cls=config.SearchConfig)
+    with pytest.raises(BadInput, match="time_budget_s = 'nan'"):
+        config.resolve(env={}, overrides={"time_budget_s": "nan"}, cls=config.SearchConfig)

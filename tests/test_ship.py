@@ -4,6 +4,7 @@ resolved by the real CLI, so a renamed flag or setting fails here rather than on
 
 import copy
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -127,7 +128,11 @@ def strict(schema: dict) -> dict:
 @pytest.fixture(scope="module")
 def rayjob_validator():
     if not CRD.is_file():
-        pytest.fail(f"the KubeRay CRD is missing: {CRD} (it comes with ../shared/kuberay)")
+        why = (f"the KubeRay RayJob CRD is not at {CRD}: put KubeRay's ray.io_rayjobs.yaml (from its Helm chart's "
+               "crds/ folder) there to run this check")
+        if os.environ.get("CI"):
+            pytest.fail(why)  # CI has it (shared/ beside the clone): never skipped there
+        pytest.skip(why)
     crd = yaml.safe_load(CRD.read_text())
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
     return jsonschema.Draft7Validator(strict(schema))

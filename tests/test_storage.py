@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from job import bundle, run, storage
+from job import bundle, storage
 from job.config import S3Config
-from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE
-from tests.conftest import TINY, assert_error, kill_after_trials_end, run_job
+from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput
+from job.storage import Location
+from tests.conftest import RESNET, TINY, assert_error, kill_after_trials_end, run_job
 
 SEARCH = [*TINY, "--epochs", "3", "--num-samples", "5", "--lr-range", "0.00001,0.3", "--set", "startup_trials=2"]
 
@@ -27,35 +28,49 @@ def s3_env(s3_server, monkeypatch):
 def local_run(images, tmp_path_factory, cache):
     """A finished local run whose model.pt (resnet18, ~45 MB) is large enough for a multipart upload."""
     out = tmp_path_factory.mktemp("s3run") / "r"
-    r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, "--quiet", env={"JOB_CACHE": str(cache)})
+    r = run_job("train", "--data", images, *RESNET, "--epochs", "1", "--output", out, "--quiet", env={"JOB_CACHE": str(cache)})
     assert r.returncode == 0, r.stderr
     return out
 
 
 def test_bundle_round_trip_is_byte_equal_and_verified(s3_server, s3_env, local_run, tmp_path):
     bucket = s3_server.bucket()
-    run.publish(local_run, f"s3://{bucket}/runs/one", None)
+    where = Location.parse(f"s3://{bucket}/runs/one")
+    where.publish(local_run, last="best/bundle.json")
     client = s3_server.client()
     head = client.head_object(Bucket=bucket, Key="runs/one/best/model.pt")
     assert "-" in head["ETag"]  # uploaded in parts
-    fetched = bundle.fetch(f"s3://{bucket}/runs/one", run.store(None), tmp_path / "cache")
+    fetched = bundle.locate(where, tmp_path / "cache")
     for name in ("model.pt", "bundle.json"):
         assert (fetched / name).read_bytes() == (local_run / "best" / name).read_bytes()
-    assert bundle.load(fetched).classes == ("class_0", "class_1", "class_2")
+    assert bundle.read(fetched)["classes"] == ["class_0", "class_1", "class_2"]
     # a damaged object is caught by the manifest's size and SHA-256
     client.put_object(Bucket=bucket, Key="runs/one/best/model.pt", Body=b"not the model")
-    damaged = bundle.fetch(f"s3://{bucket}/runs/one", run.store(None), tmp_path / "cache2")
-    with pytest.raises(Exception, match="does not match bundle.json"):
-        bundle.load(damaged)
+    damaged = bundle.locate(where, tmp_path / "cache2")
+    with pytest.raises(BadInput, match="does not match bundle.json"):
+        bundle.read(damaged)
 
 
-def test_manifest_is_uploaded_last(s3_server, s3_env, local_run):
+def test_manifest_is_uploaded_last_and_the_old_one_deleted_first(s3_server, s3_env, local_run, monkeypatch):
+    """The order of the real PUTs, recorded as they reach the server: at each upload, is the manifest there?"""
     bucket = s3_server.bucket()
-    run.publish(local_run, f"s3://{bucket}/r", None)
-    objects = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="r/")["Contents"]
-    newest = max(objects, key=lambda o: o["LastModified"])
-    assert newest["Key"] == "r/best/bundle.json" or newest["LastModified"] == max(o["LastModified"] for o in objects)
-    assert {o["Key"] for o in objects} >= {"r/best/model.pt", "r/best/bundle.json", "r/history.csv", "r/run.json"}
+    where = Location.parse(f"s3://{bucket}/r")
+    where.publish(local_run, last="best/bundle.json")  # an earlier, complete publish: its manifest is present
+    client, seen = s3_server.client(), []
+    real_upload = storage.Store.upload
+
+    def recording(self, path, url):
+        manifest_there = "Contents" in client.list_objects_v2(Bucket=bucket, Prefix="r/best/bundle.json")
+        seen.append((url.key, manifest_there))
+        real_upload(self, path, url)
+
+    monkeypatch.setattr(storage.Store, "upload", recording)
+    where.publish(local_run, last="best/bundle.json")
+    keys = [k for k, _ in seen]
+    assert keys[-1] == "r/best/bundle.json" and len(keys) == len(set(keys)) >= 5
+    assert not any(there for _, there in seen), seen  # the old manifest went first: nothing half-new looks complete
+    objects = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="r/")["Contents"]}
+    assert objects >= {"r/best/model.pt", "r/best/bundle.json", "r/history.csv", "r/run.json"}
 
 
 def test_train_to_s3_and_evaluate_and_predict_from_s3(s3_server, images, tmp_path):
@@ -78,21 +93,21 @@ def test_data_set_synced_from_s3_then_not_fetched_again(s3_server, s3_env, image
     client = s3_server.client()
     for f in images.rglob("*.png"):
         client.upload_file(str(f), bucket, f"datasets/shapes/{f.relative_to(images).as_posix()}")
-    store, url = run.store(None), storage.S3Url.parse(f"s3://{bucket}/datasets/shapes/")
-    assert store.sync_down(url, tmp_path / "mirror") == 36
-    assert store.sync_down(url, tmp_path / "mirror") == 0
+    store, url = Location.parse(f"s3://{bucket}/datasets/shapes/").store, storage.S3Url.parse(f"s3://{bucket}/datasets/shapes/")
+    assert store.mirror(url, tmp_path / "mirror") == 36
+    assert store.mirror(url, tmp_path / "mirror") == 0
     client.put_object(Bucket=bucket, Key="datasets/shapes/class_0/img_000.png", Body=(images / "class_1" / "img_001.png").read_bytes())
-    assert store.sync_down(url, tmp_path / "mirror") == 1
+    assert store.mirror(url, tmp_path / "mirror") == 1
     # data and weights straight from S3 through the CLI
     from job import model
     import torch
 
-    torch.save(model.create("resnet18", "none", 3).state_dict(), tmp_path / "r18.pth")
-    client.upload_file(str(tmp_path / "r18.pth"), bucket, "weights/r18.pth")
-    weights_url = storage.S3Url.parse(f"s3://{bucket}/weights/r18.pth")
-    assert store.fetch(weights_url, tmp_path / "w" / "r18.pth") is True
-    assert store.fetch(weights_url, tmp_path / "w" / "r18.pth") is False  # each trial asks; one download
-    r = run_job("train", "--data", f"s3://{bucket}/datasets/shapes/", *TINY, "--weights", f"s3://{bucket}/weights/r18.pth",
+    torch.save(model.create("tiny_cnn", "none", 3).state_dict(), tmp_path / "tiny.pth")
+    client.upload_file(str(tmp_path / "tiny.pth"), bucket, "weights/tiny.pth")
+    weights_url = storage.S3Url.parse(f"s3://{bucket}/weights/tiny.pth")
+    assert store.refresh(weights_url, tmp_path / "w" / "tiny.pth") is True
+    assert store.refresh(weights_url, tmp_path / "w" / "tiny.pth") is False  # each trial asks; one download
+    r = run_job("train", "--data", f"s3://{bucket}/datasets/shapes/", *TINY, "--weights", f"s3://{bucket}/weights/tiny.pth",
                 "--epochs", "1", "--output", tmp_path / "o", "--json", env=s3_server.env)
     assert r.returncode == 0, r.stderr
 
@@ -125,6 +140,7 @@ def test_tune_on_s3_survives_losing_the_machine(s3_server, images, tmp_path):
     assert not [t for t in ended if f"{t} lr" in r.stderr], "finished trials ran again"
     keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
     assert "best/best/bundle.json" in keys and "best/trials.csv" in keys and "ray/job-tune/job-tune.json" in keys
+    assert "ray/job-tune/optuna.journal" in keys  # the study, beside the experiment
 
     # the secret key is in no output, no local file and no object written
     secret = s3_server.secret_key
@@ -192,8 +208,36 @@ def test_the_filesystem_ray_pickles_holds_no_credentials(monkeypatch):
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
-    fs = run.store(S3Config(endpoint="http://127.0.0.1:1")).pyarrow_fs()
+    fs = Location.parse("s3://bucket/ray", S3Config(endpoint="http://127.0.0.1:1")).store.pyarrow_fs()
     for dumps in (pickle.dumps, ray.cloudpickle.dumps):
         blob = dumps(fs)
         assert b"very-secret-value" not in blob and b"AKIAEXAMPLE" not in blob
     assert pickle.loads(pickle.dumps(fs)).type_name == "py::s3"
+
+
+def test_a_local_location_claims_reads_and_writes_records_as_s3_does(tmp_path):
+    where = Location.parse(tmp_path / "out")
+    where.claim(overwrite=False)  # a new folder: created, writable
+    where.write_json("run.json", {"status": "done", "experiment": "/x/exp"})
+    assert where.read_json("run.json")["status"] == "done" and where.read_json("missing.json") is None
+    where.claim(overwrite=False, owner="/x/exp")  # the search that wrote it may write it again
+    with pytest.raises(BadInput, match="already holds another run: pass --overwrite"):
+        where.claim(overwrite=False, owner="/y/other")
+    (tmp_path / "out" / "run.json").write_text('{"status": "do')  # cut short by a kill, by hand
+    with pytest.raises(BadInput, match="run.json' is damaged"):
+        where.read_json("run.json")
+    assert where.stage(tmp_path / "cache") == tmp_path / "out"
+    assert where.pull(tmp_path / "cache") == tmp_path / "out"
+
+
+def test_a_read_only_local_output_is_refused(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        (tmp_path / "f").write_text("x")
+        target = tmp_path / "f" / "out"  # root can write anywhere: a path under a file cannot be made by anyone
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = tmp_path / "ro" / "out"
+    with pytest.raises(BadInput, match="is not writable"):
+        Location.parse(target).check_writable("output folder")

@@ -10,12 +10,14 @@ import time
 
 import pytest
 
-from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
-from tests.conftest import assert_error, kill_after_trials_end, make_folder, run_job
+pytestmark = pytest.mark.slow  # real Ray searches; the fast lane covers tune.py through tests/test_study.py
 
-# Small real images, a real model at 32 px: each epoch takes well under a second, so the cost is Ray's.
-TINY = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "16"]
-SEARCH = [*TINY, "--epochs", "4", "--num-samples", "6", "--lr-range", "0.00001,0.3", "--set", "startup_trials=3"]
+from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from tests.conftest import RESNET, TINY, assert_error, kill_after_trials_end, make_folder, run_job, start_job
+
+# Small real images, a real model at 32 px that learns at some lr and not at others (so ASHA has something to stop):
+# each epoch takes well under a second, so the cost is Ray's.
+SEARCH = [*RESNET, "--epochs", "4", "--num-samples", "6", "--lr-range", "0.00001,0.3", "--set", "startup_trials=3"]
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +114,9 @@ def test_killed_search_resumes_without_rerunning_finished_trials(data, tmp_path)
 
 
 def test_interrupt_saves_the_experiment_and_the_same_command_resumes(data, tmp_path):
-    args = ["tune", "--data", str(data), *TINY, "--epochs", "2", "--num-samples", "3",
+    args = ["tune", "--data", str(data), *RESNET, "--epochs", "3", "--num-samples", "3",
             "--storage", str(tmp_path / "ray"), "--output", str(tmp_path / "out")]
-    proc = subprocess.Popen([sys.executable, "-m", "job", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = start_job(args, stdout=subprocess.DEVNULL)
     for line in proc.stderr:
         if " epoch " in line:
             break
@@ -174,21 +176,3 @@ def test_changed_settings_do_not_silently_resume(searched, data):
 def test_help_and_train_never_import_ray():
     code = "import sys, job.cli, job.run; job.cli.build_parser(); assert 'ray' not in sys.modules and 'optuna' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-
-
-def test_a_trial_unknown_to_the_restored_study_does_not_fail_the_search():
-    """After a kill, S3 may hold a searcher snapshot older than the experiment state: a resumed trial the
-    Optuna study never asked for must be able to report (plain OptunaSearch raises KeyError)."""
-    import optuna
-    from ray import tune as raytune
-
-    from job.tune import resumable_optuna_search
-
-    searcher = resumable_optuna_search(optuna.samplers.TPESampler(seed=0))
-    searcher.set_search_properties("val_acc", "max", {"lr": raytune.loguniform(1e-4, 1e-1)})
-    assert "lr" in searcher.suggest("known")
-    searcher.on_trial_result("known", {"val_acc": 0.5, "training_iteration": 1})
-    searcher.on_trial_result("lost-in-snapshot", {"val_acc": 0.7, "training_iteration": 1})
-    searcher.on_trial_complete("lost-in-snapshot", {"val_acc": 0.7, "training_iteration": 2})
-    searcher.on_trial_complete("known", {"val_acc": 0.6, "training_iteration": 2})
-    assert len(searcher._ot_study.trials) == 1

@@ -1,0 +1,82 @@
+"""The Optuna study behind `job tune` (study.py) and the Ray searcher over it (tune.StudySearcher), without a cluster:
+one Optuna trial per Ray trial, never more than num_samples (also across a resume), pruned and failed trials told
+as such, and the journal readable by Optuna itself."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import job.tune as tune
+from job.study import JOURNAL, Objective, Space, Study
+
+SPACE = Space.of(lr=(1e-4, 1e-1), step_size=(1, 4), gamma=(0.1, 0.1))
+
+
+def study(folder, num_samples=3, seed=0) -> Study:
+    return Study(folder / JOURNAL, "s", SPACE, Objective("val_acc", "max", max_steps=4), "tpe", seed, 2, num_samples)
+
+
+def test_asks_at_most_num_samples_and_the_same_settings_again_for_a_known_trial(tmp_path):
+    s = study(tmp_path)
+    first = s.ask("a")
+    assert set(first) == {"lr", "step_size", "gamma"} and first["gamma"] == 0.1  # min = max: fixed, not searched
+    assert 1e-4 <= first["lr"] <= 1e-1 and 1 <= first["step_size"] <= 4
+    assert s.ask("a") == first
+    assert s.ask("b") and s.ask("c") and s.ask("d") is None
+
+
+def test_a_resumed_study_counts_the_trials_of_the_first_run_and_keeps_their_outcome(tmp_path):
+    s = study(tmp_path)
+    a = s.ask("a")
+    s.report("a", 1, {"val_acc": 0.5})
+    s.report("a", 2, {"val_acc": 0.7})
+    s.tell("a", 2, {"val_acc": 0.6}, failed=False)  # stopped early after 2 of 4 epochs: pruned, best value kept
+    s.ask("b")
+    s.tell("b", 4, {"val_acc": 0.8}, failed=False)
+    s.ask("c")
+    s.tell("c", 1, None, failed=True)
+    again = study(tmp_path)  # a new process, the same journal
+    assert again.ask("a") == a and again.ask("new") is None
+    trials = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / JOURNAL)))).trials
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[0].intermediate_values == {1: 0.5, 2: 0.7} and trials[1].value == 0.8
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == ["a", "b", "c"]
+
+
+def test_a_trial_the_study_never_asked_for_reports_and_ends_without_error(tmp_path):
+    """After a kill, the experiment may continue a trial the journal does not hold: it still runs and counts."""
+    s = study(tmp_path)
+    s.report("lost-in-snapshot", 1, {"val_acc": 0.7})
+    s.tell("lost-in-snapshot", 4, {"val_acc": 0.7}, failed=False)
+    assert s.ask("a") is not None and len(s.study.trials) == 1
+
+
+def test_the_ray_searcher_forwards_to_the_live_study_and_finishes(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.setattr(tune.LIVE, "study", study(tmp_path, num_samples=1))
+    searcher = pickle.loads(pickle.dumps(tune.StudySearcher()))  # as Ray brings it back from the experiment
+    config = searcher.suggest("t1")
+    assert set(config) == {"lr", "step_size", "gamma"}
+    searcher.on_trial_result("t1", {"training_iteration": 1, "val_acc": 0.4})
+    searcher.on_trial_complete("t1", {"training_iteration": 4, "val_acc": 0.5})
+    assert searcher.suggest("t2") == tune.Searcher.FINISHED
+    assert tune.LIVE.study.study.trials[0].value == 0.5
+
+
+def test_importances_name_the_searched_settings(tmp_path):
+    s = study(tmp_path, num_samples=6)
+    for i in range(6):
+        params = s.ask(str(i))
+        s.tell(str(i), 4, {"val_acc": -abs(params["lr"] - 0.01)}, failed=False)
+    assert set(s.importances()) == {"lr", "step_size"}
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_resumed_search_does_not_repeat_the_first_runs_settings(tmp_path, sampler):
+    first = Study(tmp_path / JOURNAL, "s", SPACE, Objective("val_acc", "max", 4), sampler, 0, 10, 4)
+    a = [first.ask(k)["lr"] for k in ("a", "b")]
+    second = Study(tmp_path / JOURNAL, "s", SPACE, Objective("val_acc", "max", 4), sampler, 0, 10, 4)
+    b = [second.ask(k)["lr"] for k in ("c", "d")]
+    assert not set(a) & set(b)
