@@ -21,7 +21,7 @@ def _mb_per_s(nbytes: int, fn) -> float:
 def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
     """{what: (job MB/s, boto3 MB/s)} for a bundle (upload, download) and a checkpoint (upload, download).
 
-    job's bundle upload is how `job train --output s3://` publishes best/ (Store.publish: SHA-256 of each file,
+    job's bundle upload is how `job train --output s3://` publishes best/ (Location.publish: SHA-256 of each file,
     upload, read-back check, manifest last); its download is what `job evaluate s3://` does before it builds the
     model (bundle.locate, then the manifest's size and SHA-256 check of every file). The checkpoint goes the way
     Ray Tune moves trial checkpoints: pyarrow.fs.copy_files through job's file system.
@@ -41,7 +41,7 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
         url = S3Url(bucket, "job/run")
         store.check_writable(url)  # both clients made and connected before any timing: transfers, not start-up
         client.upload_file(str(ckpt), bucket, "warm-up")  # SeaweedFS grows a new bucket's volumes on its first writes
-        up_job = _mb_per_s(bundle_bytes, lambda: store.publish(best, url.join(bundle.BEST_DIR), last=bundle.MANIFEST))
+        up_job = _mb_per_s(bundle_bytes, lambda: where.join(bundle.BEST_DIR).publish(best, last=bundle.MANIFEST))
         up_ref = _mb_per_s(model_file.stat().st_size, lambda: client.upload_file(str(model_file), bucket, "ref/model.pt"))
         results["bundle upload"] = (up_job, up_ref)
         down_job = _mb_per_s(bundle_bytes, lambda: bundle.read(bundle.locate(where, scratch / "fetch")))

@@ -236,6 +236,14 @@ class SearchConfig(Settings):
             raise BadInput(f"name = {self.name!r} is not a plain folder name: use letters, digits, '.', '_' and '-'")
 
 
+def check_search(cfg: TrainConfig, search: SearchConfig) -> None:
+    """What the search settings must satisfy given the training settings."""
+    if search.step_size_range and search.step_size_range[1] > cfg.epochs:
+        raise BadInput(f"step_size_range max {search.step_size_range[1]} is above epochs = {cfg.epochs}: lower it or raise --epochs")
+    if search.grace_period > cfg.epochs:
+        raise BadInput(f"grace_period = {search.grace_period} is above epochs = {cfg.epochs}: lower it or raise --epochs")
+
+
 @dataclasses.dataclass(frozen=True)
 class S3Config(Settings):
     """Where the S3 API answers. Credentials are never settings: boto3's chain (AWS_* variables, profiles, roles)."""

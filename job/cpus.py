@@ -1,4 +1,5 @@
-"""How many CPUs this process may really use: the affinity mask, capped by a container's CPU limit.
+"""How many CPUs this process may really use (the affinity mask, capped by a container's CPU limit), and how a search
+shares a cluster's CPUs and GPUs among its trials.
 
 `os.cpu_count()` (and torch's default thread count) is the host's core count: in a container limited to 4 CPUs on
 a 64-core node, 64 threads would fight over 4 CPUs' worth of time. cgroup v2 (`cpu.max`) and v1
@@ -43,3 +44,22 @@ def limit_torch_threads() -> None:
         import torch
 
         torch.set_num_threads(available())
+
+
+def share(cpu_count: int, gpus: float, search, device: str) -> tuple[dict, int]:
+    """({"cpu": per trial, "gpu": per trial}, concurrent trials) for a search on a cluster of `cpu_count` CPUs and
+    `gpus` GPUs: every GPU used (one trial each unless gpus_per_trial says otherwise), CPUs shared out, never
+    oversubscribed."""
+    from job.errors import BadInput
+
+    use_gpu = gpus > 0 and device != "cpu"
+    per_gpu = search.gpus_per_trial if search.gpus_per_trial is not None else (1.0 if use_gpu else 0.0)
+    if per_gpu > gpus:
+        raise BadInput(f"gpus_per_trial = {per_gpu:g} but the Ray cluster has {gpus:g} GPU(s): lower --gpus-per-trial")
+    slots = int(gpus / per_gpu) if per_gpu > 0 else (
+        search.max_concurrent or min(search.num_samples, max(2, cpu_count // 4), cpu_count))
+    concurrent = min(search.max_concurrent or slots, slots, search.num_samples)
+    per_cpu = search.cpus_per_trial or max(1, cpu_count // max(1, concurrent))
+    if per_cpu > cpu_count:
+        raise BadInput(f"cpus_per_trial = {per_cpu} but the Ray cluster has {cpu_count} CPU(s): lower --cpus-per-trial")
+    return {"cpu": per_cpu, "gpu": per_gpu}, concurrent

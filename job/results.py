@@ -4,10 +4,14 @@ tables, the plots and `run.json`, one layout for `job train` and `job tune`."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 from job import bundle, report
+from job.checkpoint import CHECKPOINT_NAME
 from job.data import Preprocessing
+from job.errors import JobError
+from job.progress import say
 from job.files import write_json
 from job.storage import RUN_FILE
 
@@ -26,6 +30,24 @@ class Trial:
     error: str
     history: list[dict] = dataclasses.field(repr=False, default_factory=list)
 
+    @classmethod
+    def of(cls, folder: str, params: dict, history: list[dict], metric: str, max_epochs: int, error: str,
+           cut_by_budget: set[str]) -> Trial:
+        """A trial from its folder name (trial_<number>_<id>), settings, per-epoch history and error, if any."""
+        _, number, trial_id = (folder.split("_", 2) + ["0", folder])[:3]
+        best = max(history, key=lambda h: h[metric]) if history else None  # the first of equals, as Fit keeps it
+        if error:
+            status = "errored"
+        elif len(history) >= max_epochs:
+            status = "completed"
+        elif trial_id in cut_by_budget:
+            status = "stopped (time budget)"
+        else:
+            status = "stopped early (ASHA)"
+        return cls(number=int(number) if number.isdigit() else 0, trial_id=trial_id, params=params,
+                   epochs=len(history), val_acc=best[metric] if best else None,
+                   best_epoch=int(best["epoch"]) if best else None, status=status, error=error, history=history)
+
     def row(self) -> dict:
         """As the user sees it (trials.csv, --json): the settings flattened in, no per-epoch history."""
         return {"number": self.number, "trial_id": self.trial_id, **self.params, "epochs": self.epochs,
@@ -36,6 +58,23 @@ def rank(t: Trial) -> tuple:
     """Best val_acc over all epochs; ties go to the lower val_loss at that epoch, then to the earlier trial."""
     at_best = next(h for h in t.history if int(h["epoch"]) == t.best_epoch)
     return (t.val_acc, -at_best["val_loss"], -t.number)
+
+
+def best_readable(done: list[Trial], state_of, metric: str, where: str) -> tuple[Trial, dict]:
+    """The best trial whose saved checkpoint can be read (`state_of(trial)`), and that checkpoint's state. A trial
+    whose checkpoint is gone (storage edited by hand, or lost to a kill) is passed over with a warning (shown even
+    with --quiet/--json), instead of failing the whole search."""
+    for t in sorted(done, key=rank, reverse=True):
+        try:
+            state = state_of(t)
+        except (FileNotFoundError, JobError):
+            say(f"warning: trial {t.trial_id} ({metric} {t.val_acc:.4f}) has no readable checkpoint left: passed over")
+            continue
+        at_best = [h for h in t.history if int(h["epoch"]) == state["best_epoch"]]
+        if at_best:  # the checkpoint's best epoch, which the recorded history may run past after a kill
+            return dataclasses.replace(t, best_epoch=state["best_epoch"], val_acc=at_best[0][metric]), state
+        say(f"warning: trial {t.trial_id}: its checkpoint does not match its recorded epochs: passed over")
+    raise JobError(f"no trial has a readable checkpoint under {where}: run again with --restart")
 
 
 @dataclasses.dataclass
@@ -64,6 +103,21 @@ class Result:
             return out | {"resumed_from_epoch": self.resumed_from, "skipped_images": self.skipped}
         return out | {"experiment": self.experiment, "resumed": self.resumed, "best": self.best_trial.row(),
                       "trials": [t.row() for t in self.trials], "importances": self.importances}
+
+
+# What a run writes into its output: `--overwrite` replaces these, and leaves every other file alone.
+RUN_FILES = (RUN_FILE, CHECKPOINT_NAME, "history.json", "history.csv", "curves.png", "trials.json",
+             "trials.csv", "trials.png", bundle.BEST_DIR)
+
+
+def clear(folder: Path) -> None:
+    """Remove an earlier run's files from `folder` (for --overwrite), so two runs' files never mix."""
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def run_record(status: str, meta: dict, **extra) -> dict:

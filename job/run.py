@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from job.config import S3Config, TrainConfig
 from job.errors import BadInput
 from job.files import write_json
 from job.loop import BarFactory, Data, Epoch, Fit, resolve_device
+from job import results
 from job.results import Result, run_record
 from job.storage import RUN_FILE, Location, is_s3
 
@@ -97,21 +97,6 @@ def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None, s3: S3Co
     return Setup(fit, folder, prep, fingerprint, skipped)
 
 
-# What a run writes into its output: `--overwrite` replaces these, and leaves every other file alone.
-RUN_FILES = (RUN_FILE, checkpoint.CHECKPOINT_NAME, "history.json", "history.csv", "curves.png", "trials.json",
-             "trials.csv", "trials.png", bundle.BEST_DIR)
-
-
-def clear(folder: Path) -> None:
-    """Remove an earlier run's files from `folder` (for --overwrite), so two runs' files never mix."""
-    for name in RUN_FILES:
-        path = folder / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, overwrite: bool = False,
           bar: BarFactory | None = None, on_epoch: Callable[[Epoch], None] | None = None,
           s3: S3Config | None = None) -> Result:
@@ -125,7 +110,7 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, o
     staged = where.stage(cache)
     s = setup(cfg, cache, bar, s3)
     if resume is None and (overwrite or where.remote):
-        clear(staged)
+        results.clear(staged)
     meta = {"kind": "train", **s.meta(cfg)}
     if resume is not None:
         if resume["data_fingerprint"] != s.fingerprint or resume["classes"] != list(s.folder.classes):

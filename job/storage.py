@@ -137,31 +137,26 @@ class Store:
         self._call("writing to", url, self.client.put_object, Bucket=probe.bucket, Key=probe.key, Body=b"")
         self._call("deleting from", url, self.client.delete_object, Bucket=probe.bucket, Key=probe.key)
 
-    def exists(self, url: S3Url) -> bool:
+    def _unless_missing(self, url: S3Url, fn, **kwargs):
+        """fn(**kwargs), or None when the object does not exist; other failures explained."""
         from botocore import exceptions as bx
 
         try:
-            self.client.head_object(Bucket=url.bucket, Key=url.key)
-            return True
-        except bx.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._explain(e, url, "reading") from None
-        except bx.BotoCoreError as e:
-            raise self._explain(e, url, "reading") from None
-
-    def read_bytes(self, url: S3Url) -> bytes | None:
-        """The object's content; None when it does not exist."""
-        from botocore import exceptions as bx
-
-        try:
-            return self.client.get_object(Bucket=url.bucket, Key=url.key)["Body"].read()
+            return fn(**kwargs)
         except bx.ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._explain(e, url, "reading") from None
         except bx.BotoCoreError as e:
             raise self._explain(e, url, "reading") from None
+
+    def exists(self, url: S3Url) -> bool:
+        return self._unless_missing(url, self.client.head_object, Bucket=url.bucket, Key=url.key) is not None
+
+    def read_bytes(self, url: S3Url) -> bytes | None:
+        """The object's content; None when it does not exist."""
+        found = self._unless_missing(url, self.client.get_object, Bucket=url.bucket, Key=url.key)
+        return None if found is None else found["Body"].read()
 
     def write_json(self, url: S3Url, value: dict) -> None:
         body = (json.dumps(value, indent=2) + "\n").encode()
@@ -180,6 +175,9 @@ class Store:
         except Exception as e:  # botocore raises from inside the paginator
             raise self._explain(e, url, "listing") from None
         return found
+
+    def delete(self, url: S3Url) -> None:
+        self._call("deleting", url, self.client.delete_object, Bucket=url.bucket, Key=url.key)
 
     def delete_prefix(self, url: S3Url) -> None:
         keys = [url.join(k).key for k in self.listing(url)]
@@ -243,10 +241,10 @@ class Store:
         index_path.write_text(json.dumps(index))
         return fetched
 
-    def publish(self, folder: Path, url: S3Url, last: str) -> None:
+    def upload_folder(self, folder: Path, url: S3Url, last: str) -> None:
         """Upload every file of `folder` below `url`, the file `last` (a manifest) after all others; an old copy of
         `last` is deleted first, so a half-replaced upload is never taken as complete."""
-        self._call("deleting", url, self.client.delete_object, Bucket=url.bucket, Key=url.join(last).key)
+        self.delete(url.join(last))
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix() == last):
             self.upload(path, url.join(path.relative_to(folder).as_posix()))
@@ -392,11 +390,14 @@ class Location:
             write_json(target.path, value)
 
     def delete(self) -> None:
-        """Everything below this location (the caller has checked it is one of ours)."""
+        """This file or object, or everything below this folder or prefix (the caller has checked it is ours)."""
         if self.remote:
             self.store.delete_prefix(self.url)
+            self.store.delete(self.url)
         elif self.path.is_dir():
             shutil.rmtree(self.path)
+        else:
+            self.path.unlink(missing_ok=True)
 
     # --- moving runs and data -------------------------------------------------------------------------------------
 
@@ -413,7 +414,7 @@ class Location:
     def publish(self, staged: Path, last: str) -> None:
         """Make a finished run in `staged` visible here; `last` (a manifest) becomes visible after every other file."""
         if self.remote:
-            self.store.publish(staged, self.url, last=last)
+            self.store.upload_folder(staged, self.url, last=last)
 
     def pull(self, cache: Path, folder: bool = False) -> Path:
         """A local path holding this location's content: itself, or for s3:// a copy in the cache (a folder is

@@ -26,20 +26,17 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from job import checkpoint, cpus, results, run, signals, storage
+from job import bundle, checkpoint, config, cpus, results, run, signals, storage
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
+from job.experiment import Experiment
 from job.metrics import EPOCH_METRICS
 from job.progress import Counts, SearchView, say
 from job.results import Result, Trial
 from job.storage import Location
-from job.study import JOURNAL, Objective, Space, Study
+from job.study import Objective, Space, Study
 
 METRIC, MODE = "val_acc", "max"
-SETTINGS_FILE = "job-tune.json"  # beside Ray's files in the experiment folder: what the search was started with
-# Settings that may differ when an experiment is resumed: they change how it runs, not what it searches.
-RUNTIME_KEYS = {"time_budget_s", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage",
-                "device", "workers"}
 # Ray Tune reads these when the search runs: its console tables off (Progress replaces them), state snapshots every
 # second (a killed driver loses at most ~1 s of trial statuses), no reserved workers for trials not yet sampled,
 # our own Ctrl-C handling, workers at normal priority (at nice 15 a trial's torch threads wait for each other and an
@@ -137,14 +134,12 @@ class ProgressEvents(tune.Callback):
 
 @contextlib.contextmanager
 def _environment():
-    """RAY_ENVIRONMENT (unless the user set a value) and no credential variables, for the block; the caller's
-    environment is as it was afterwards."""
+    """RAY_ENVIRONMENT (unless the user set a value) for the block; the caller's environment as it was afterwards."""
     saved = dict(os.environ)
     try:
         for key, value in RAY_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
-        with storage.secrets_out_of_environment():
-            yield
+        yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -181,57 +176,17 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 def _resources(search: SearchConfig, cfg: TrainConfig) -> tuple[dict, int]:
     """(resources per trial, concurrent trials) from the settings and the cluster."""
     total = ray.cluster_resources()
-    cpu_count, gpus = int(total.get("CPU", 1)), float(total.get("GPU", 0))
-    use_gpu = gpus > 0 and cfg.device != "cpu"
-    per_gpu = search.gpus_per_trial if search.gpus_per_trial is not None else (1.0 if use_gpu else 0.0)
-    if per_gpu > gpus:
-        raise BadInput(f"gpus_per_trial = {per_gpu:g} but the Ray cluster has {gpus:g} GPU(s): lower --gpus-per-trial")
-    slots = int(gpus / per_gpu) if per_gpu > 0 else (
-        search.max_concurrent or min(search.num_samples, max(2, cpu_count // 4), cpu_count))
-    concurrent = min(search.max_concurrent or slots, slots, search.num_samples)
-    per_cpu = search.cpus_per_trial or max(1, cpu_count // max(1, concurrent))
-    if per_cpu > cpu_count:
-        raise BadInput(f"cpus_per_trial = {per_cpu} but the Ray cluster has {cpu_count} CPU(s): lower --cpus-per-trial")
-    return {"cpu": per_cpu, "gpu": per_gpu}, concurrent
+    return cpus.share(int(total.get("CPU", 1)), float(total.get("GPU", 0)), search, cfg.device)
 
 
 def space(search: SearchConfig, cfg: TrainConfig) -> Space:
     return Space.of(search.lr_range, search.step_size_range or (1, cfg.epochs), search.gamma_range)
 
 
-def settings(cfg: TrainConfig, search: SearchConfig) -> dict:
-    return {"train": cfg.to_dict(), "tune": search.to_dict()}
-
-
 def _absolute(value: str) -> str:
     """A local path made absolute (Ray's workers have another working directory); names and s3:// as they are."""
     path = Path(value).expanduser()
     return str(path.resolve()) if not storage.is_s3(value) and path.exists() else value
-
-
-def _preflight(cfg: TrainConfig, search: SearchConfig, experiment: Location, output: Location, restart: bool,
-               overwrite: bool, s3: S3Config | None) -> dict | None:
-    """Every check that can fail before Ray starts: storage, output, settings, cluster address. Returns the settings
-    the experiment was started with, if it exists."""
-    Location.parse(search.storage, s3).check_writable("storage")
-    output.claim(overwrite or restart, owner=str(experiment))
-    saved = experiment.read_json(SETTINGS_FILE)
-    if saved is None and experiment.has_files():
-        raise BadInput(f"'{experiment}' exists but is not a job tune experiment: pick another --name or --storage")
-    if saved is not None and not restart:
-        now = settings(cfg, search)
-        changed = sorted(key for section in ("train", "tune") for key in now[section]
-                         if key not in RUNTIME_KEYS and saved.get(section, {}).get(key) != now[section][key])
-        if changed:
-            raise BadInput(f"experiment '{experiment}' was started with other settings ({', '.join(changed)}): "
-                           "resume it with the same settings, pass --restart to start it over, or pick another --name")
-    if search.step_size_range and search.step_size_range[1] > cfg.epochs:
-        raise BadInput(f"step_size_range max {search.step_size_range[1]} is above epochs = {cfg.epochs}: lower it or raise --epochs")
-    if search.grace_period > cfg.epochs:
-        raise BadInput(f"grace_period = {search.grace_period} is above epochs = {cfg.epochs}: lower it or raise --epochs")
-    if os.environ.get("RAY_ADDRESS"):
-        _probe(os.environ["RAY_ADDRESS"])
-    return saved
 
 
 def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, restart: bool = False,
@@ -241,9 +196,13 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     started = time.perf_counter()
     note = say if progress else (lambda line: None)
     cfg = dataclasses.replace(cfg, data=_absolute(cfg.data), weights=_absolute(cfg.weights))  # workers run elsewhere
-    experiment = Location.parse(search_cfg.storage, s3).join(search_cfg.name)
-    out = Location.parse(output, s3)
-    saved = _preflight(cfg, search_cfg, experiment, out, restart, overwrite, s3)
+    # every check that can fail does so before Ray starts
+    config.check_search(cfg, search_cfg)
+    experiment, out = Experiment(search_cfg, s3), Location.parse(output, s3)
+    resume = experiment.check(cfg, search_cfg, restart)
+    out.claim(overwrite or restart, owner=str(experiment))
+    if os.environ.get("RAY_ADDRESS"):
+        _probe(os.environ["RAY_ADDRESS"])
     cache = run.cache_dir()
     with _environment():
         # Ray starts (seconds) while the driver checks the data set and the model and decodes the data once for every
@@ -260,75 +219,53 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
             if error is not None:
                 raise error
             nodes = len([n for n in ray.nodes() if n.get("Alive")])
-            if nodes > 1 and not experiment.remote:
+            if nodes > 1 and not experiment.storage.remote:
                 raise BadInput(f"the Ray cluster has {nodes} nodes but storage '{search_cfg.storage}' is local to one: "
                                "pass --storage s3://bucket/prefix so every node can reach the experiment")
             if restart:
-                experiment.delete()
-            trials, best, state, resumed = _run(cfg, search_cfg, experiment, saved is not None and not restart,
-                                                progress, note, s3, cache, restart)
+                experiment.delete(cache)
+            trials, best, state, resumed = _run(cfg, search_cfg, experiment, resume, progress, note, s3, cache)
         finally:
             # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
             ray.shutdown()
     staged = out.stage(cache)
     if overwrite or restart or out.remote:
-        run.clear(staged)  # an earlier run's files never mix with this one's
+        results.clear(staged)  # an earlier run's files never mix with this one's
     metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment))
-    out.publish(staged, last=f"{results.bundle.BEST_DIR}/{results.bundle.MANIFEST}")
-    importances = LIVE.study.importances() if LIVE.study else {}
+    out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}")
+    importances = LIVE.study.importances()
     LIVE.study = LIVE.view = None
-    return Result(str(out), str(out.join(results.bundle.BEST_DIR)), best.best_epoch, metrics, best.history,
+    return Result(str(out), str(out.join(bundle.BEST_DIR)), best.best_epoch, metrics, best.history,
                   seconds=time.perf_counter() - started, experiment=str(experiment), trials=trials, best_trial=best,
                   resumed=resumed, importances=importances)
 
 
-def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Location, exists: bool, progress: bool, note,
-         s3: S3Config | None, cache: Path, restart: bool):
+def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, resume: bool, progress: bool, note,
+         s3: S3Config | None, cache: Path):
     """The Tuner, new or restored, run to its end: (trials, best trial, its checkpoint state, resumed)."""
     resources, concurrent = _resources(search_cfg, cfg)
-    record = experiment.join(JOURNAL)
-    journal = record.cache_path(cache)
-    if restart:
-        journal.unlink(missing_ok=True)
-    elif record.exists():
-        record.pull(cache)
-    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage_path, fs = experiment.storage.for_ray()
+    path = f"{storage_path}/{search_cfg.name}"
+    resumed = resume and tune.Tuner.can_restore(path, storage_filesystem=fs)
+    if not resumed:
+        experiment.start(cfg, search_cfg, cache)
     startup = search_cfg.startup_trials or min(10, max(2, search_cfg.num_samples // 3))
-    LIVE.study = Study(journal, search_cfg.name, space(search_cfg, cfg), Objective(METRIC, MODE, cfg.epochs),
-                       search_cfg.sampler, cfg.seed, startup, search_cfg.num_samples, on_change=lambda: record.push(journal))
+    LIVE.study = Study(experiment.journal(cache), search_cfg.name, space(search_cfg, cfg), Objective(METRIC, MODE, cfg.epochs),
+                       search_cfg.sampler, cfg.seed, startup, search_cfg.num_samples,
+                       on_change=lambda: experiment.save_journal(cache))
     LIVE.view = SearchView(search_cfg.num_samples, cfg.epochs, METRIC, enabled=progress)
     fn = tune.with_resources(tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(cache),
                                                   threads=resources["cpu"], s3=(s3 or S3Config()).to_dict()), resources)
-    storage_path, fs = Location.parse(search_cfg.storage, s3).for_ray()
-    path = f"{storage_path}/{search_cfg.name}"
-    if exists and tune.Tuner.can_restore(path, storage_filesystem=fs):
-        note(f"resuming experiment {experiment}")
-        tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
-        resumed = True
-    else:
-        note(f"new experiment {experiment}: {search_cfg.num_samples} trials, {concurrent} at a time, "
-             f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
-        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=search_cfg.grace_period,
-                                   reduction_factor=search_cfg.reduction_factor)
-                     if search_cfg.early_stopping == "asha" else FIFOScheduler())
-        tuner = tune.Tuner(
-            fn,
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, num_samples=-1,  # the study says when num_samples trials exist
-                search_alg=StudySearcher(), scheduler=scheduler, max_concurrent_trials=concurrent,
-                time_budget_s=search_cfg.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(
-                name=search_cfg.name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
-                callbacks=[ProgressEvents()],
-                # The latest checkpoint holds the best weights too. Two, not one: Ray deletes the older one as soon as
-                # a new one is registered but uploads the experiment state that points at it a moment later, so a
-                # kill in between would leave the saved state pointing at a deleted checkpoint.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=search_cfg.max_failures)),
-        )
-        experiment.write_json(SETTINGS_FILE, settings(cfg, search_cfg))
-        resumed = False
-    with signals.Stop(on_request=_ask_ray_to_stop, restore=(signal.SIGUSR1,)) as stop:
+    # Ray's local workers inherited the credentials when Ray started; Tune would copy them from here into each
+    # trial's runtime_env, which Ray's agent writes into its logs (storage.secrets_out_of_environment)
+    with storage.secrets_out_of_environment(), signals.Stop(on_request=_ask_ray_to_stop, restore=(signal.SIGUSR1,)) as stop:
+        if resumed:
+            note(f"resuming experiment {experiment}")
+            tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+        else:
+            note(f"new experiment {experiment}: {search_cfg.num_samples} trials, {concurrent} at a time, "
+                 f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
+            tuner = _new_tuner(cfg, search_cfg, fn, storage_path, fs, concurrent)
         grid = tuner.fit()
     if stop.requested:
         raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
@@ -339,8 +276,29 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Location, exist
     if not done:
         raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
                        f"see {experiment} for each trial's error")
-    best, state = _best_with_checkpoint(by_id, done, str(experiment))
+    best, state = results.best_readable(done, lambda t: _checkpoint_state(by_id[t.trial_id]), METRIC, str(experiment))
     return trials, best, state, resumed
+
+
+def _new_tuner(cfg: TrainConfig, search_cfg: SearchConfig, fn, storage_path: str, fs, concurrent: int):
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=search_cfg.grace_period,
+                               reduction_factor=search_cfg.reduction_factor)
+                 if search_cfg.early_stopping == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=-1,  # the study says when num_samples trials exist
+            search_alg=StudySearcher(), scheduler=scheduler, max_concurrent_trials=concurrent,
+            time_budget_s=search_cfg.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=search_cfg.name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
+            callbacks=[ProgressEvents()],
+            # The latest checkpoint holds the best weights too. Two, not one: Ray deletes the older one as soon as
+            # a new one is registered but uploads the experiment state that points at it a moment later, so a
+            # kill in between would leave the saved state pointing at a deleted checkpoint.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=search_cfg.max_failures)),
+    )
 
 
 def _ask_ray_to_stop() -> None:
@@ -348,25 +306,12 @@ def _ask_ray_to_stop() -> None:
     os.kill(os.getpid(), signal.SIGUSR1)  # Ray Tune's own signal to stop a run and save its experiment
 
 
-def _best_with_checkpoint(by_id: dict, done: list[Trial], experiment: str) -> tuple[Trial, dict]:
-    """The best trial whose saved checkpoint can be read, and that checkpoint. A trial whose checkpoint is gone (storage
-    edited by hand, or lost to a kill) is passed over with a warning (shown even with --quiet/--json), instead of
-    failing the whole search."""
-    for t in sorted(done, key=results.rank, reverse=True):
-        saved = by_id[t.trial_id].checkpoint
-        try:
-            if saved is None:
-                raise FileNotFoundError(t.trial_id)
-            with saved.as_directory() as folder:
-                state = checkpoint.load(Path(folder))
-        except (FileNotFoundError, JobError):
-            say(f"warning: trial {t.trial_id} (val_acc {t.val_acc:.4f}) has no readable checkpoint left: passed over")
-            continue
-        at_best = [h for h in t.history if int(h["epoch"]) == state["best_epoch"]]
-        if at_best:  # the checkpoint's best epoch, which the recorded history may run past after a kill
-            return dataclasses.replace(t, best_epoch=state["best_epoch"], val_acc=at_best[0][METRIC]), state
-        say(f"warning: trial {t.trial_id}: its checkpoint does not match its recorded epochs: passed over")
-    raise JobError(f"no trial has a readable checkpoint under {experiment}: run again with --restart")
+def _checkpoint_state(result) -> dict:
+    """The training state in a trial's latest checkpoint (FileNotFoundError when there is none left)."""
+    if result.checkpoint is None:
+        raise FileNotFoundError(result.path)
+    with result.checkpoint.as_directory() as folder:
+        return checkpoint.load(Path(folder))
 
 
 def _trial_dirname(trial) -> str:
@@ -375,26 +320,14 @@ def _trial_dirname(trial) -> str:
     return f"trial_{int(number) if number.isdigit() else 0:03d}_{trial.trial_id}"
 
 
-def _trial(result, max_epochs: int, cut_by_budget: set[str], searched: list[str]) -> Trial:
-    folder = Path(result.path).name  # trial_<number>_<id>, see _trial_dirname
-    _, number, trial_id = (folder.split("_", 2) + ["0", folder])[:3]
+def _trial(result, max_epochs: int, cut_by_budget: set[str], names: tuple[str, ...]) -> Trial:
     df = result.metrics_dataframe
     columns = [c for c in ("epoch", *EPOCH_METRICS) if df is not None and c in df]
     history = df[columns].to_dict("records") if df is not None and METRIC in df else []
-    best = max(history, key=lambda h: h[METRIC]) if history else None  # the first of equals, as Fit keeps it
-    if result.error:
-        status, error = "errored", str(result.error).strip().splitlines()[-1][:300]
-    elif len(history) >= max_epochs:
-        status, error = "completed", ""
-    elif trial_id in cut_by_budget:
-        status, error = "stopped (time budget)", ""
-    else:
-        status, error = "stopped early (ASHA)", ""
+    error = str(result.error).strip().splitlines()[-1][:300] if result.error else ""
     config = result.config or {}
-    return Trial(number=int(number) if number.isdigit() else 0, trial_id=trial_id,
-                 params={k: config[k] for k in searched if k in config}, epochs=len(history),
-                 val_acc=best[METRIC] if best else None, best_epoch=int(best["epoch"]) if best else None,
-                 status=status, error=error, history=history)
+    return Trial.of(Path(result.path).name, {k: config[k] for k in names if k in config}, history, METRIC, max_epochs,
+                    error, cut_by_budget)
 
 
 class _CallableModule(types.ModuleType):

@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -274,3 +273,9 @@ def test_pretrained_backbone_beats_random_init_on_real_images(tmp_path):
         acc[weights] = json.loads(r.stdout)["best"]["val_acc"]
     # measured: 0.64 vs 0.38; the margin leaves room for other CPUs' arithmetic
     assert acc["DEFAULT"] > acc["none"] + 0.1, acc
+
+
+def test_help_and_train_never_import_ray():
+    code = ("import sys, job, job.api, job.cli, job.run; job.cli.build_parser(); "
+            "assert 'ray' not in sys.modules and 'optuna' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

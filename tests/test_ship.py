@@ -217,19 +217,3 @@ def test_models_download_checks_names_and_the_shipped_weights(tmp_path):
     assert_error(run_job("models", "--download", "resnet18:IMAGENET1K_V9"), EXIT_BAD_INPUT, "IMAGENET1K_V1")
     r = run_job("models", "--download", "efficientnet_lite0")
     assert r.returncode == 0 and "efficientnet-lite0-57934424.pth" in r.stdout, r.stderr
-
-
-def test_cpu_count_follows_the_container_limit(tmp_path):
-    from job import cpus
-
-    (tmp_path / "cpu.max").write_text("150000 100000\n")  # cgroup v2: 1.5 CPUs
-    assert cpus.quota(tmp_path) == 1.5 and cpus.available(tmp_path) == min(2, cpus.available(tmp_path / "none"))
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cpus.quota(tmp_path) is None
-    v1 = tmp_path / "v1"
-    (v1 / "cpu").mkdir(parents=True)
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert cpus.quota(v1) is None
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
-    assert cpus.quota(v1) == 0.5 and cpus.available(v1) == 1

@@ -1,0 +1,40 @@
+"""cpus.py: the CPUs a process may use in a container, and how a search shares a cluster among its trials."""
+
+import pytest
+
+from job import cpus
+from job.config import SearchConfig
+from job.errors import BadInput
+
+
+def test_cpu_count_follows_the_container_limit(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # cgroup v2: 1.5 CPUs
+    assert cpus.quota(tmp_path) == 1.5 and cpus.available(tmp_path) == min(2, cpus.available(tmp_path / "none"))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpus.quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpus.quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    assert cpus.quota(v1) == 0.5 and cpus.available(v1) == 1
+
+
+@pytest.mark.parametrize("cpu, gpu, settings, device, expected", [
+    (2, 0, {}, "auto", ({"cpu": 1, "gpu": 0.0}, 2)),  # two trials of one CPU each on 2 cores
+    (16, 0, {"num_samples": 8}, "auto", ({"cpu": 4, "gpu": 0.0}, 4)),
+    (16, 2, {}, "auto", ({"cpu": 8, "gpu": 1.0}, 2)),  # one trial per GPU, the CPUs shared out
+    (16, 2, {"gpus_per_trial": 0.5}, "auto", ({"cpu": 4, "gpu": 0.5}, 4)),  # two trials per GPU
+    (16, 2, {}, "cpu", ({"cpu": 4, "gpu": 0.0}, 4)),  # --device cpu leaves the GPUs alone
+    (4, 0, {"max_concurrent": 1}, "auto", ({"cpu": 4, "gpu": 0.0}, 1)),
+])
+def test_a_search_shares_the_cluster_without_oversubscribing(cpu, gpu, settings, device, expected):
+    assert cpus.share(cpu, gpu, SearchConfig(**settings), device) == expected
+
+
+def test_asking_for_more_than_the_cluster_has_is_refused_by_name():
+    with pytest.raises(BadInput, match="gpus_per_trial = 1 but the Ray cluster has 0 GPU"):
+        cpus.share(4, 0, SearchConfig(gpus_per_trial=1), "auto")
+    with pytest.raises(BadInput, match="cpus_per_trial = 8 but the Ray cluster has 4 CPU"):
+        cpus.share(4, 0, SearchConfig(cpus_per_trial=8), "auto")

@@ -1,0 +1,48 @@
+"""results.py: trials from what a search recorded, the best one that can still be exported, and --json's shape."""
+
+import pytest
+
+from job.errors import JobError
+from job.results import Result, Trial, best_readable
+
+
+def history(*accs, loss=1.0):
+    return [{"epoch": i + 1, "val_acc": a, "val_loss": loss} for i, a in enumerate(accs)]
+
+
+@pytest.mark.parametrize("epochs, error, cut, status", [
+    (4, "", set(), "completed"), (2, "", set(), "stopped early (ASHA)"), (2, "", {"abc"}, "stopped (time budget)"),
+    (1, "Diverged: lower lr", set(), "errored"),
+])
+def test_a_trials_status_follows_how_it_ended(epochs, error, cut, status):
+    t = Trial.of("trial_007_abc", {"lr": 0.1}, history(*[0.5] * epochs), "val_acc", 4, error, cut)
+    assert (t.number, t.trial_id, t.status, t.epochs, t.best_epoch) == (7, "abc", status, epochs, 1)
+    assert t.row() == {"number": 7, "trial_id": "abc", "lr": 0.1, "epochs": epochs, "val_acc": 0.5, "best_epoch": 1,
+                       "status": status, "error": error}
+
+
+def test_the_best_trial_is_the_best_epoch_anywhere_ties_to_lower_loss_and_a_lost_checkpoint_is_passed_over(capsys):
+    a = Trial.of("trial_001_a", {}, history(0.5, 0.9), "val_acc", 2, "", set())
+    b = Trial.of("trial_002_b", {}, history(0.9, 0.6, loss=0.5), "val_acc", 2, "", set())
+    c = Trial.of("trial_003_c", {}, history(0.95), "val_acc", 2, "", set())
+    states = {"a": {"best_epoch": 2}, "b": {"best_epoch": 1}}
+
+    def state_of(t):
+        if t.trial_id not in states:
+            raise FileNotFoundError(t.trial_id)
+        return states[t.trial_id]
+
+    best, state = best_readable([a, b, c], state_of, "val_acc", "exp")
+    assert best.trial_id == "b" and state == {"best_epoch": 1}  # c's checkpoint is gone; b ties a at 0.9, lower loss
+    assert "warning: trial c (val_acc 0.9500) has no readable checkpoint left: passed over" in capsys.readouterr().err
+    with pytest.raises(JobError, match="no trial has a readable checkpoint under exp"):
+        best_readable([c], state_of, "val_acc", "exp")
+
+
+def test_summary_of_a_train_run_and_of_a_search():
+    t = Trial.of("trial_001_a", {"lr": 0.1}, history(0.5), "val_acc", 1, "", set())
+    train = Result("out", "out/best", 1, {"val_acc": 0.5}, t.history, seconds=1.234, skipped=2)
+    assert train.summary() == {"output": "out", "bundle": "out/best", "best_epoch": 1, "best": {"val_acc": 0.5},
+                               "epochs": 1, "seconds": 1.2, "resumed_from_epoch": 0, "skipped_images": 2}
+    search = Result("out", "out/best", 1, {"val_acc": 0.5}, t.history, experiment="exp", trials=[t], best_trial=t)
+    assert search.summary()["best"] == t.row() and search.summary()["trials"] == [t.row()]
