@@ -35,4 +35,15 @@ def load(path: Path) -> dict:
         raise BadInput(f"checkpoint '{path}' cannot be read ({type(e).__name__}): it is damaged or not a job checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise BadInput(f"'{path}' is not a job checkpoint ({CHECKPOINT_FORMAT}): pass the {CHECKPOINT_NAME} of a job train run")
+    wrong = next((key for key, kind in SCHEMA.items() if not isinstance(state.get(key), kind)), None)
+    if wrong is not None:
+        raise BadInput(f"checkpoint '{path}' is damaged ('{wrong}' is missing or of the wrong type): resume from "
+                       "another run folder, or start a new run")
     return state
+
+
+# What a checkpoint holds (the training state of loop.Fit.checkpoint, and what run.Setup.meta adds), checked on load:
+# a checkpoint edited by hand or from another version is named, not crashed on.
+SCHEMA = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "best_val_acc": float,
+          "best_epoch": int, "best_model": (dict, type(None)), "history": list, "config": dict, "classes": list,
+          "preprocessing": dict, "data_fingerprint": str}

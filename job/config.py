@@ -26,6 +26,8 @@ import yaml
 from job.errors import BadInput
 
 ENV_PREFIX = "JOB_"
+MAX_EPOCHS = 10_000  # past this a setting is a typo, not a plan
+MAX_FILE_BYTES = 1 << 20  # a config file is a page of settings, not data
 # JOB_* variables that are not settings: where things live, and the test suite's own.
 ENV_NOT_SETTINGS = ("JOB_CACHE", "JOB_FASHION_MNIST_DIR", "JOB_TEST_")
 # JOB_* variables that other tools set (Jenkins, in every build): ignored without a word.
@@ -102,7 +104,7 @@ def _known(cls: type, values: Mapping[str, Any], source: str) -> Mapping[str, An
         if key not in fields:
             close = difflib.get_close_matches(key, [k for c in SECTIONS for k in _fields(c)], n=1)
             hint = f"did you mean '{close[0]}'?" if close else "see `job config` for the known keys"
-            raise BadInput(f"unknown config key '{key}' in {source}: {hint}")
+            raise BadInput(f"unknown config key {_shown(key)} in {source}: {hint}")
     return values
 
 
@@ -125,16 +127,23 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     if want is tuple:
         n, kinds = len(base.__args__), base.__args__
         example = ",".join(["0.5"] * n if kinds[0] is float else ["1"] * n)
-        wrong = BadInput(f"{key} = {value!r} in {source}: give {n} {'numbers' if kinds[0] is float else 'integers'}, e.g. {key} = {example}")
+        wrong = BadInput(f"{key} = {_shown(value)} in {source}: give {n} {'numbers' if kinds[0] is float else 'integers'}, e.g. {key} = {example}")
         if not isinstance(value, (list, tuple)) or len(value) != n:
             raise wrong
         try:
             return tuple(_coerce_scalar(cls, key, v, t, source) for v, t in zip(value, kinds))
         except _NotFinite:
-            raise
+            raise _NotFinite(f"{key} = {_shown(','.join(map(str, value)))} in {source} is not a finite number: give "
+                             f"finite numbers, e.g. {key} = {example}") from None
         except BadInput:
             raise wrong from None
     return _coerce_scalar(cls, key, value, base, source)
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut short (a config value may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _NotFinite(BadInput):
@@ -149,32 +158,34 @@ def _coerce_scalar(cls: type, key: str, value: Any, want: type, source: str) -> 
             pass
         else:
             if not math.isfinite(number):
-                raise _NotFinite(f"{key} = {value!r} in {source} is not a finite number: give e.g. "
-                               f"{key} = {json.dumps(_jsonable(_fields(cls)[key].default))}")
+                default = _fields(cls)[key].default
+                example = f", e.g. {key} = {json.dumps(_jsonable(default))}" if default is not None else ""
+                raise _NotFinite(f"{key} = {_shown(value)} in {source} is not a finite number: give a finite one{example}")
             return number
     elif want is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     elif isinstance(value, want) and not (want is int and isinstance(value, bool)):
         return value
     example = _fields(cls)[key].default
-    raise BadInput(f"{key} = {value!r} in {source} is not a {want.__name__}: give e.g. {key} = {json.dumps(_jsonable(example))}")
+    raise BadInput(f"{key} = {_shown(value)} in {source} is not a {want.__name__}: give e.g. {key} = {json.dumps(_jsonable(example))}")
 
 
 def _check_choices(c: Settings) -> None:
     for f in dataclasses.fields(c):
         if f.metadata["choices"] and getattr(c, f.name) is not None and getattr(c, f.name) not in f.metadata["choices"]:
-            raise BadInput(f"{f.name} = {getattr(c, f.name)!r} is not known: choose one of {', '.join(f.metadata['choices'])}")
+            raise BadInput(f"{f.name} = {_shown(getattr(c, f.name))} is not known: choose one of {', '.join(f.metadata['choices'])}")
 
 
 def _validate(c: TrainConfig) -> None:
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
-            raise BadInput(f"{key} = {getattr(c, key)!r} is out of range: {key} must be {rule}")
+            raise BadInput(f"{key} = {_shown(getattr(c, key))} is out of range: {key} must be {rule}")
 
     _check_choices(c)
     need(c.lr > 0, "lr", "> 0 (e.g. 0.01)")
-    need(c.epochs >= 1, "epochs", ">= 1")
-    need(c.batch_size >= 1, "batch_size", ">= 1")
+    need(1 <= c.epochs <= MAX_EPOCHS, "epochs", f"between 1 and {MAX_EPOCHS}")
+    need(2 <= c.batch_size <= 65536, "batch_size", "between 2 (batch norm needs two images) and 65536; a batch larger "
+         "than the data set is the whole set")
     need(c.step_size >= 1, "step_size", ">= 1")
     need(0 < c.gamma <= 1, "gamma", "in (0, 1]")
     need(0 < c.val_fraction < 1, "val_fraction", "in (0, 1)")
@@ -185,9 +196,9 @@ def _validate(c: TrainConfig) -> None:
     need(c.weight_decay >= 0, "weight_decay", ">= 0")
     need(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)")
     need(c.focal_gamma >= 0, "focal_gamma", ">= 0")
-    need(c.workers >= 0, "workers", ">= 0")
+    need(0 <= c.workers <= 1024, "workers", "between 0 and 1024")
     need(c.std is None or all(s > 0 for s in c.std), "std", "positive")
-    need(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device", "auto, cpu, cuda or cuda:N")
+    need(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", c.device) is not None, "device", "auto, cpu, cuda or cuda:N")
     need(bool(c.data.strip()), "data", "a folder or a built-in data set name")
 
 
@@ -224,16 +235,17 @@ class SearchConfig(Settings):
             raise BadInput(f"gamma_range max {self.gamma_range[1]:g} is above 1: gamma must be in (0, 1]")
         if self.step_size_range is not None and not 1 <= self.step_size_range[0] <= self.step_size_range[1]:
             raise BadInput(f"step_size_range = {self.step_size_range[0]},{self.step_size_range[1]} is empty or inverted: give min,max with 1 <= min <= max")
-        for key, low in (("num_samples", 1), ("grace_period", 1), ("reduction_factor", 2), ("max_concurrent", 0), ("max_failures", 0)):
-            if getattr(self, key) < low:
-                raise BadInput(f"{key} = {getattr(self, key)} is out of range: {key} must be >= {low}")
+        for key, low, high in (("num_samples", 1, 100_000), ("grace_period", 1, MAX_EPOCHS), ("reduction_factor", 2, 100),
+                               ("max_concurrent", 0, 10_000), ("max_failures", 0, 100)):
+            if not low <= getattr(self, key) <= high:
+                raise BadInput(f"{key} = {getattr(self, key)} is out of range: {key} must be between {low} and {high}")
         for key in ("time_budget_s", "cpus_per_trial", "startup_trials"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise BadInput(f"{key} = {getattr(self, key)} is out of range: {key} must be > 0")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise BadInput(f"gpus_per_trial = {self.gpus_per_trial} is out of range: give 0 or more (fractions allowed)")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
-            raise BadInput(f"name = {self.name!r} is not a plain folder name: use letters, digits, '.', '_' and '-'")
+            raise BadInput(f"name = {_shown(self.name)} is not a plain folder name: use letters, digits, '.', '_' and '-'")
 
 
 def check_search(cfg: TrainConfig, search: SearchConfig) -> None:
@@ -260,13 +272,26 @@ def read_file(path: Path) -> dict[str, Any]:
         raise BadInput(f"config file '{path}' does not exist: pass --config with a .toml or .yaml file")
     if path.suffix not in (".toml", ".yaml", ".yml"):
         raise BadInput(f"config file '{path}' is neither .toml nor .yaml: rename it with one of those suffixes")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise BadInput(f"config file '{path}' is {path.stat().st_size} bytes: a config file holds settings (at most "
+                       f"{MAX_FILE_BYTES} bytes); pass the right file")
     try:
         text = path.read_text()
-        values = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        else:
+            # YAML aliases can expand a small file into gigabytes (an "alias bomb"); settings never need them
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise BadInput(f"config file '{path}' uses YAML aliases (*name): write each value out instead")
+            values = yaml.safe_load(text) or {}
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise BadInput(f"config file '{path}' does not parse: {str(e).splitlines()[0]}") from None
+        raise BadInput(f"config file '{path}' does not parse: {_shown(str(e).splitlines()[0])}") from None
     if not isinstance(values, dict):
         raise BadInput(f"config file '{path}' must hold key = value pairs at the top level")
+    for table in (values, *(v for v in values.values() if isinstance(v, dict))):
+        odd = next((k for k in table if not isinstance(k, str)), None)
+        if odd is not None:
+            raise BadInput(f"config file '{path}' has the key {_shown(odd)}, which is not a name: keys are setting names")
     return values
 
 
@@ -298,7 +323,7 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise BadInput(f"--set {item!r} is not key=value: write e.g. --set label_smoothing=0.1")
+            raise BadInput(f"--set {_shown(item)} is not key=value: write e.g. --set label_smoothing=0.1")
         values[key.strip().replace("-", "_")] = value
     return values
 

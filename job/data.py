@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -24,10 +26,13 @@ import torch
 from PIL import Image
 
 from job import cpus
-from job.errors import BadInput
+from job.errors import BadInput, JobError
+from job.files import write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CACHE_VERSION = 1  # bump when the decoded pixels would differ for the same files
+MAX_PIXELS = 89_478_485  # PIL's own limit (Image.MAX_IMAGE_PIXELS), where it warns of a decompression bomb
+BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's ways of saying "bad file"
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -135,6 +140,8 @@ def _split(per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> Split:
 def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
     """Decode, convert to RGB (alpha over white), resize the short side to `size`, centre-crop: (size, size, 3) uint8."""
     with Image.open(io.BytesIO(data)) as img:
+        if img.width * img.height > MAX_PIXELS:  # before decoding: a decompression bomb never reaches memory
+            raise ValueError(f"{img.width}x{img.height} pixels is more than {MAX_PIXELS} (a decompression bomb?)")
         img.load()  # decode fully now: a truncated file fails here, not mid-training
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
@@ -183,24 +190,48 @@ def _stat(path: Path) -> tuple[int, int]:
     return s.st_size, s.st_mtime_ns
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.0f} MiB"
+
+
+def _reserve(path: str, nbytes: int, folder: Path) -> None:
+    """Allocate the decoded array's blocks now: a full disk fails here, with a message, instead of killing the
+    process with SIGBUS when the memory map first writes to a block that cannot be had."""
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise JobError(f"the cache folder {folder} has no room for the decoded data set ({_mib(nbytes)}): free "
+                           "space there, or set JOB_CACHE to a folder on a larger disk") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: go on as before
+            raise
+
+
 def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: Path, workers: int) -> None:
     n, size = len(split.files), prep.resize_size
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=array_path.parent)
+    folder = array_path.parent
+    need, free = n * size * size * 3 + 4096, shutil.disk_usage(folder).free
+    if need > free:
+        raise JobError(f"the decoded data set needs {_mib(need)} in the cache folder {folder}, which has {_mib(free)} "
+                       "free: free space there, or set JOB_CACHE to a folder on a larger disk")
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
     os.close(fd)
-    out = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    ok = np.zeros(n, dtype=bool)
-    digests = [""] * n
-
-    def one(i: int, out: np.ndarray = out) -> None:
-        data = split.files[i].read_bytes()
-        digests[i] = hashlib.sha256(data).hexdigest()
-        try:
-            out[i] = load_image(data, size, prep.interpolation)
-            ok[i] = True
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):  # PIL's ways of saying "bad file"
-            pass
-
     try:
+        out = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        _reserve(tmp_name, os.path.getsize(tmp_name), folder)
+        ok = np.zeros(n, dtype=bool)
+        digests = [""] * n
+
+        def one(i: int, out: np.ndarray = out) -> None:
+            try:
+                data = split.files[i].read_bytes()
+                digests[i] = hashlib.sha256(data).hexdigest()
+                out[i] = load_image(data, size, prep.interpolation)
+                ok[i] = True
+            except BAD_IMAGE:  # a file that cannot be read (gone, no permission) is a bad image too
+                pass
+
         # PIL releases the GIL while decoding and resizing, so threads scale without pickling images around.
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(one, range(n)))
@@ -213,9 +244,7 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
-    tmp_meta = meta_path.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps({"ok": ok.tolist(), "fingerprint": fingerprint}))
-    os.replace(tmp_meta, meta_path)  # written last: the array is complete once this exists
+    write_json(meta_path, {"ok": ok.tolist(), "fingerprint": fingerprint})  # last: the array is complete once it exists
 
 
 def check_bad(bad: Sequence[str], skip: bool) -> int:
@@ -241,7 +270,8 @@ class Batches:
         self.epoch = 0
 
     def __len__(self) -> int:
-        return -(-len(self.index) // self.batch_size)
+        n = -(-len(self.index) // self.batch_size)
+        return n - 1 if self.train and n > 1 and len(self.index) % self.batch_size == 1 else n
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -250,6 +280,10 @@ class Batches:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.index) if self.train else self.index
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.train and len(chunks) > 1 and len(chunks[-1]) == 1:
+            # a last training batch of one image would fail batch norm ("more than 1 value per channel"): it joins
+            # the batch before it
+            chunks[-2:] = [np.concatenate(chunks[-2:])]
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self._gather, chunks[0], rng) if chunks else None
             for k in range(len(chunks)):

@@ -46,9 +46,16 @@ class Experiment:
                                "with the same settings, pass --restart to start it over, or pick another --name")
         return saved is not None and not restart
 
-    def start(self, cfg: TrainConfig, search: SearchConfig, cache: Path) -> None:
+    def check_data(self, fingerprint: str, restart: bool) -> None:
+        """A resumed experiment continues on the data it started with, never silently on other data."""
+        saved = self.where.read_json(SETTINGS_FILE) or {}
+        if not restart and saved.get("data_fingerprint", fingerprint) != fingerprint:
+            raise BadInput(f"the data changed since experiment '{self}' started (its files differ): resume with the "
+                           "same data, pass --restart to start it over on this data, or pick another --name")
+
+    def start(self, cfg: TrainConfig, search: SearchConfig, cache: Path, fingerprint: str) -> None:
         """A new experiment: its settings first (what makes the folder one of job's), no study from an earlier one."""
-        self.where.write_json(SETTINGS_FILE, settings(cfg, search))
+        self.where.write_json(SETTINGS_FILE, settings(cfg, search) | {"data_fingerprint": fingerprint})
         self.journal_record.delete()
         self.journal_record.cache_path(cache).unlink(missing_ok=True)
 

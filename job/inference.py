@@ -138,7 +138,7 @@ def predict(b: Model, paths: list[str], top_k: int, batch_size: int = 64, skip_b
     def decode(f: Path) -> np.ndarray | None:
         try:
             return data.load_image(f.read_bytes(), prep.resize_size, prep.interpolation)[off : off + size, off : off + size]
-        except (OSError, ValueError, SyntaxError):
+        except data.BAD_IMAGE:
             return None
 
     out, bad = [], []

@@ -25,7 +25,7 @@ CHECKPOINT_FORMAT = "job-checkpoint/1"
 
 
 class Diverged(JobError):
-    """The loss became NaN or infinite."""
+    """The loss or the weights became NaN or infinite: the epoch is not kept (no checkpoint, no bundle)."""
 
 
 class Bar(Protocol):
@@ -170,10 +170,14 @@ class Fit:
         self.history: list[dict[str, float]] = []
 
     def restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise BadInput(f"the checkpoint does not fit this model and optimizer ({type(e).__name__}): it is damaged or "
+                           "from another run; start a new run") from None
         self.epoch, self.best_val_acc, self.best_epoch = ckpt["epoch"], ckpt["best_val_acc"], ckpt["best_epoch"]
         # None: the best epoch was the checkpoint's own, so its weights are "model"
         self.best_model = ckpt["best_model"] if ckpt["best_model"] is not None else cpu_state(self.model)
@@ -194,6 +198,11 @@ class Fit:
             "history": self.history,
         }
 
+    @staticmethod
+    def _check_finite(epoch: int, name: str, value: float, lr: float) -> None:
+        if not math.isfinite(value):
+            raise Diverged(f"training diverged in epoch {epoch} ({name} = {value}): lower lr (now {lr:g})")
+
     def __iter__(self) -> Iterator[Epoch]:
         while self.epoch < self.cfg.epochs:
             yield self.run_epoch()
@@ -211,13 +220,16 @@ class Fit:
         train_s = time.perf_counter() - start
         if bar:
             bar.close()
-        if not math.isfinite(metrics["train_loss"]):
-            raise Diverged(f"training diverged in epoch {epoch} (train_loss = {metrics['train_loss']}): lower lr (now {lr:g})")
+        self._check_finite(epoch, "train_loss", metrics["train_loss"], lr)
         bar = self.bar(f"epoch {epoch}/{self.cfg.epochs} val  ", len(self.val)) if self.bar else None
         val_tally = evaluate(self.model, self.val, self.loss_fn, self.device, self.prep, self.amp, self.num_classes, bar)
         if bar:
             bar.close()
         metrics |= val_tally.result("val")
+        self._check_finite(epoch, "val_loss", metrics["val_loss"], lr)
+        bad = next((n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise Diverged(f"training diverged in epoch {epoch} (weights of {bad} are not finite): lower lr (now {lr:g})")
         metrics |= {"lr": lr, "epoch_s": time.perf_counter() - start, "images_per_s": tally.count / train_s}
         if self.cfg.scheduler == "plateau":
             self.scheduler.step(metrics["val_acc"])

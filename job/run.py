@@ -105,7 +105,7 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, o
     started = time.perf_counter()
     where = Location.parse(output, s3)
     if resume is None:
-        where.claim(overwrite, hint=f"--resume {output} to continue it, " if not where.remote else "")
+        where.claim(overwrite, hint=f"--resume {output} to continue it, " if not where.remote else "", data=cfg.data)
     cache = cache_dir()
     staged = where.stage(cache)
     s = setup(cfg, cache, bar, s3)

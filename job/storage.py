@@ -337,9 +337,15 @@ class Location:
         except OSError as e:
             raise BadInput(f"{what} '{self.path}' is not writable ({e.strerror}): choose a writable location") from None
 
-    def claim(self, overwrite: bool, owner: str | None = None, hint: str = "") -> None:
-        """Make this the output of a run: writable, and holding no other run unless `overwrite`. The run that wrote
-        it (`owner`, e.g. a search's experiment) may write it again."""
+    def claim(self, overwrite: bool, owner: str | None = None, hint: str = "", data: str | None = None) -> None:
+        """Make this the output of a run: writable, not inside the run's `data` folder (its files would be taken
+        for data next time), and holding no other run unless `overwrite`. The run that wrote it (`owner`, e.g. a
+        search's experiment) may write it again."""
+        if data and not self.remote and not is_s3(data) and Path(data).expanduser().is_dir():
+            root = Path(data).expanduser().resolve()
+            if self.path.resolve().is_relative_to(root):
+                raise BadInput(f"--output '{self}' is inside the data folder '{data}': its files would become data; "
+                               "choose an output outside it")
         self.check_writable("output folder" if not self.remote else "output")
         previous = self.read_json(RUN_FILE)
         if previous is None or overwrite or (owner is not None and previous.get("experiment") == owner):

@@ -30,6 +30,7 @@ from job import bundle, checkpoint, config, cpus, results, run, signals, storage
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
 from job.experiment import Experiment
+from job.loop import Diverged
 from job.metrics import EPOCH_METRICS
 from job.progress import Counts, SearchView, say
 from job.results import Result, Trial
@@ -37,6 +38,7 @@ from job.storage import Location
 from job.study import Objective, Space, Study
 
 METRIC, MODE = "val_acc", "max"
+DIVERGED = "diverged.txt"  # in a trial's folder: why it diverged, so that Ray's retry ends at once
 # Ray Tune reads these when the search runs: its console tables off (Progress replaces them), state snapshots every
 # second (a killed driver loses at most ~1 s of trial statuses), no reserved workers for trials not yet sampled,
 # our own Ctrl-C handling, workers at normal priority (at nice 15 a trial's torch threads wait for each other and an
@@ -56,17 +58,28 @@ def trainable(sampled: dict, base: dict, cache: str, threads: int, s3: dict) -> 
     """Ray Tune function trainable: one trial = one `Fit` with the sampled settings."""
     import torch
 
+    diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED
+    if diverged.is_file():  # Ray retries a failed trial from its checkpoint, which would diverge the same way again
+        raise Diverged(diverged.read_text())
     torch.set_num_threads(threads)  # no oversubscription: as many threads as CPUs given to the trial
     cfg = TrainConfig.from_dict(base | sampled)
     s = run.setup(cfg, Path(cache), s3=S3Config.from_dict(s3))
     restored = tune.get_checkpoint()
     if restored:
         with restored.as_directory() as folder:
-            s.fit.restore(checkpoint.load(Path(folder)))
-    for epoch in s.fit:
-        with tempfile.TemporaryDirectory(prefix="job-ckpt-") as folder:
-            checkpoint.save(epoch.checkpoint() | s.meta(cfg), Path(folder) / checkpoint.CHECKPOINT_NAME)
-            tune.report({**epoch.metrics, "epoch": epoch.epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+            state = checkpoint.load(Path(folder))
+        if state["data_fingerprint"] != s.fingerprint:
+            raise BadInput(f"the data in '{cfg.data}' changed since this trial's checkpoint was written: resume with "
+                           "the same data, or pass --restart")
+        s.fit.restore(state)
+    try:
+        for epoch in s.fit:
+            with tempfile.TemporaryDirectory(prefix="job-ckpt-") as folder:
+                checkpoint.save(epoch.checkpoint() | s.meta(cfg), Path(folder) / checkpoint.CHECKPOINT_NAME)
+                tune.report({**epoch.metrics, "epoch": epoch.epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+    except Diverged as e:
+        diverged.write_text(str(e))
+        raise
 
 
 # ---- in the driver -----------------------------------------------------------------------------------------------
@@ -200,7 +213,7 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     config.check_search(cfg, search_cfg)
     experiment, out = Experiment(search_cfg, s3), Location.parse(output, s3)
     resume = experiment.check(cfg, search_cfg, restart)
-    out.claim(overwrite or restart, owner=str(experiment))
+    out.claim(overwrite or restart, owner=str(experiment), data=cfg.data)
     if os.environ.get("RAY_ADDRESS"):
         _probe(os.environ["RAY_ADDRESS"])
     cache = run.cache_dir()
@@ -218,13 +231,15 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
         try:
             if error is not None:
                 raise error
+            experiment.check_data(prepared.result().fingerprint, restart)
             nodes = len([n for n in ray.nodes() if n.get("Alive")])
             if nodes > 1 and not experiment.storage.remote:
                 raise BadInput(f"the Ray cluster has {nodes} nodes but storage '{search_cfg.storage}' is local to one: "
                                "pass --storage s3://bucket/prefix so every node can reach the experiment")
             if restart:
                 experiment.delete(cache)
-            trials, best, state, resumed = _run(cfg, search_cfg, experiment, resume, progress, note, s3, cache)
+            trials, best, state, resumed = _run(cfg, search_cfg, experiment, resume, progress, note, s3, cache,
+                                                prepared.result().fingerprint)
         finally:
             # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
             ray.shutdown()
@@ -241,14 +256,14 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
 
 
 def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, resume: bool, progress: bool, note,
-         s3: S3Config | None, cache: Path):
+         s3: S3Config | None, cache: Path, fingerprint: str):
     """The Tuner, new or restored, run to its end: (trials, best trial, its checkpoint state, resumed)."""
     resources, concurrent = _resources(search_cfg, cfg)
     storage_path, fs = experiment.storage.for_ray()
     path = f"{storage_path}/{search_cfg.name}"
     resumed = resume and tune.Tuner.can_restore(path, storage_filesystem=fs)
     if not resumed:
-        experiment.start(cfg, search_cfg, cache)
+        experiment.start(cfg, search_cfg, cache, fingerprint)
     startup = search_cfg.startup_trials or min(10, max(2, search_cfg.num_samples // 3))
     LIVE.study = Study(experiment.journal(cache), search_cfg.name, space(search_cfg, cfg), Objective(METRIC, MODE, cfg.epochs),
                        search_cfg.sampler, cfg.seed, startup, search_cfg.num_samples,

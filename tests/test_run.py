@@ -82,3 +82,12 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(images, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInput, match="is a file"):
         run.train(tiny(images), tmp_path / "file")
+
+
+def test_an_output_inside_the_data_folder_is_refused_before_any_work(tmp_path):
+    from tests.conftest import make_folder
+
+    data = make_folder(tmp_path / "data", classes=2, per_class=3)
+    with pytest.raises(BadInput, match="is inside the data folder"):
+        run.train(tiny(data), data / "runs" / "r")
+    assert not (data / "runs").exists()
