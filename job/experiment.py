@@ -4,6 +4,11 @@ place are tune.py's business."""
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
+import uuid
 from pathlib import Path
 
 from job.config import S3Config, SearchConfig, TrainConfig
@@ -23,6 +28,7 @@ def settings(cfg: TrainConfig, search: SearchConfig) -> dict:
 
 class Experiment:
     def __init__(self, search: SearchConfig, s3: S3Config | None):
+        self.name = search.name
         self.storage = Location.parse(search.storage, s3)
         self.where = self.storage.join(search.name)
         self.journal_record = self.where.join(JOURNAL)
@@ -34,6 +40,10 @@ class Experiment:
         """Before any work: the storage is writable, and an experiment already there is one of job's, started with
         the same settings (unless `restart`). True when there is one to resume."""
         self.storage.check_writable("storage")
+        unsafe = self.where.others_may_write()
+        if unsafe:  # resuming unpickles Ray's state from here: whoever can write it can run code in this job
+            raise BadInput(f"experiment storage {unsafe}: resuming would load files another user could have written; "
+                           "use a --storage folder of your own (chmod go-w)")
         saved = self.where.read_json(SETTINGS_FILE)
         if saved is None and self.where.has_files():
             raise BadInput(f"'{self}' exists but is not a job tune experiment: pick another --name or --storage")
@@ -78,3 +88,90 @@ class Experiment:
 
     def save_journal(self, cache: Path) -> None:
         self.journal_record.push(self.journal_record.cache_path(cache))
+
+
+LEASE_S = 30.0  # a search that dies without releasing its lock holds it this long at most
+RENEW_S = LEASE_S / 3
+
+
+class Lock:
+    """One search at a time per experiment, on local storage and on S3 alike: a lock record with a lease that the
+    running search renews every RENEW_S seconds. Another search that finds it exits 2 naming the holder; a holder
+    that died frees it by itself (at once when it was a process on this machine, else when its lease runs out)."""
+
+    def __init__(self, experiment: Experiment, wait=time.sleep, note=lambda line: None):
+        # beside the experiment's folder, not in it: it is not part of the experiment (a restart deletes that)
+        self.where, self.experiment, self.wait, self.note = experiment.storage, experiment, wait, note
+        self.name = f".{experiment.name}.lock.json"
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _record(self) -> dict:
+        return self.me | {"expires": time.time() + LEASE_S}
+
+    def _alive(self, holder: dict) -> bool:
+        if holder.get("host") != self.me["host"]:
+            return True  # on another machine: only its lease tells
+        try:
+            os.kill(int(holder.get("pid", 0)), 0)
+            return True
+        except (ProcessLookupError, ValueError):
+            return False
+        except PermissionError:
+            return True  # another user's live process
+
+    def _read(self) -> dict | None:
+        try:
+            return self.where.read_json(self.name)
+        except BadInput:  # a torn or edited record: as good as none
+            return {}
+
+    def acquire(self) -> None:
+        self.where.check_writable("storage")
+        seen = None
+        while not self.where.create_json(self.name, self._record()):
+            holder = self._read()
+            if holder is not None and holder.get("token") != self.me["token"]:
+                expired = float(holder.get("expires", 0)) < time.time() or not self._alive(holder)
+                if not expired and seen is not None and holder != seen:  # renewed while we watched: it runs
+                    raise BadInput(f"experiment '{self.experiment}' is being searched right now by process "
+                                   f"{holder.get('pid')} on {holder.get('host')}: wait for it to end, or pick another --name")
+                if not expired and holder.get("host") == self.me["host"]:
+                    raise BadInput(f"experiment '{self.experiment}' is being searched right now by process "
+                                   f"{holder.get('pid')} on this machine: wait for it to end, or pick another --name")
+                if not expired:
+                    if seen is None:
+                        self.note(f"experiment '{self.experiment}' is locked by {holder.get('host')}: waiting up to "
+                                  f"{LEASE_S:.0f}s to see whether that search is still running")
+                    seen = holder
+                    self.wait(1.0)
+                    continue
+            # no record any more, or one whose holder has gone: take it over, then make sure no one else did
+            self.where.write_json(self.name, self._record())
+            self.wait(0.2)
+            if (self._read() or {}).get("token") == self.me["token"]:
+                break
+        self._renewer = threading.Thread(target=self._renew, name="job-lock-renewer", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(RENEW_S):
+            try:
+                self.where.write_json(self.name, self._record())
+            except Exception:  # storage hiccup: the next renewal tries again; the lease covers two misses
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if (self._read() or {}).get("token") == self.me["token"]:
+            self.where.join(self.name).delete()
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

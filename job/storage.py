@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -158,10 +159,22 @@ class Store:
         found = self._unless_missing(url, self.client.get_object, Bucket=url.bucket, Key=url.key)
         return None if found is None else found["Body"].read()
 
-    def write_json(self, url: S3Url, value: dict) -> None:
+    def write_json(self, url: S3Url, value: dict, only_new: bool = False) -> bool:
+        """Write the object; with `only_new`, only if there is none yet (a conditional PUT: S3's way to create
+        atomically), returning False when there was one."""
+        from botocore import exceptions as bx
+
         body = (json.dumps(value, indent=2) + "\n").encode()
-        self._call("writing", url, self.client.put_object, Bucket=url.bucket, Key=url.key, Body=body,
-                   ContentType="application/json")
+        extra = {"IfNoneMatch": "*"} if only_new else {}
+        try:
+            self.client.put_object(Bucket=url.bucket, Key=url.key, Body=body, ContentType="application/json", **extra)
+        except bx.ClientError as e:
+            if only_new and e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise self._explain(e, url, "writing") from None
+        except bx.BotoCoreError as e:
+            raise self._explain(e, url, "writing") from None
+        return True
 
     def listing(self, url: S3Url) -> dict[str, tuple[int, str]]:
         """{relative key: (size, etag)} for every object below `url`."""
@@ -337,6 +350,22 @@ class Location:
         except OSError as e:
             raise BadInput(f"{what} '{self.path}' is not writable ({e.strerror}): choose a writable location") from None
 
+    def others_may_write(self) -> str | None:
+        """Why someone other than this user could change what is here (a local folder another user owns, or one
+        that every user may write to, without the sticky bit); None when no one can. On S3 the bucket's policy decides."""
+        if self.remote:
+            return None
+        for folder in (self.path, *self.path.parents):
+            if not folder.exists():
+                continue
+            st = folder.stat()
+            if folder == self.path and st.st_uid != os.getuid():
+                return f"'{folder}' belongs to another user (uid {st.st_uid})"
+            if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+                return f"'{folder}' may be written by other users (mode {stat.filemode(st.st_mode)})"
+            return None  # the nearest existing folder decides
+        return None
+
     def claim(self, overwrite: bool, owner: str | None = None, hint: str = "", data: str | None = None) -> None:
         """Make this the output of a run: writable, not inside the run's `data` folder (its files would be taken
         for data next time), and holding no other run unless `overwrite`. The run that wrote it (`owner`, e.g. a
@@ -394,6 +423,22 @@ class Location:
             target.store.write_json(target.url, value)
         else:
             write_json(target.path, value)
+
+    def create_json(self, name: str, value: dict) -> bool:
+        """Write a record only if there is none yet, atomically (O_EXCL; a conditional PUT on S3): False if there was."""
+        target = self.join(name)
+        if self.remote:
+            return target.store.write_json(target.url, value, only_new=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.path.name}.", dir=target.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(value, indent=2) + "\n")
+            os.link(tmp, target.path)  # whole, and only if the name is free
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
 
     def delete(self) -> None:
         """This file or object, or everything below this folder or prefix (the caller has checked it is ours)."""

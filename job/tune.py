@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 from job import bundle, checkpoint, config, cpus, results, run, signals, storage
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
-from job.experiment import Experiment
+from job.experiment import Experiment, Lock
 from job.loop import Diverged
 from job.metrics import EPOCH_METRICS
 from job.progress import Counts, SearchView, say
@@ -217,7 +217,7 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     if os.environ.get("RAY_ADDRESS"):
         _probe(os.environ["RAY_ADDRESS"])
     cache = run.cache_dir()
-    with _environment():
+    with Lock(experiment, note=note), _environment():
         # Ray starts (seconds) while the driver checks the data set and the model and decodes the data once for every
         # trial on this machine: bad data fails before any trial. On the CPU: the driver may run where the trials'
         # GPUs are not (a KubeRay head node), and needs none.

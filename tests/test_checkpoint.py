@@ -36,7 +36,7 @@ def test_save_leaves_no_temporary_files_and_load_refuses_foreign_or_damaged_file
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(BadInput, match="cannot be read"):
         checkpoint.load(tmp_path / "junk.pt")
-    checkpoint.save(state(3, epoch="three"), tmp_path / "edited.pt")
+    checkpoint.save(state(3) | {"epoch": "three"}, tmp_path / "edited.pt")
     with pytest.raises(BadInput, match="'epoch' is missing or of the wrong type"):
         checkpoint.load(tmp_path / "edited.pt")
     data = (tmp_path / "checkpoint.pt").read_bytes()

@@ -42,3 +42,62 @@ def test_a_new_experiment_never_reuses_an_earlier_study(tmp_path):
     journal.write_text("an earlier study's records")
     experiment.start(TrainConfig(), search, tmp_path / "cache", "fp")
     assert not journal.exists()
+
+
+def test_one_search_at_a_time_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from job.experiment import Lock
+
+    search = SearchConfig(storage=str(tmp_path / "ray"), name="e")
+    experiment = Experiment(search, None)
+    with Lock(experiment):
+        with pytest.raises(BadInput, match=r"is being searched right now by process \d+ on this machine"):
+            Lock(experiment).acquire()
+    assert not (tmp_path / "ray" / ".e.lock.json").exists()  # released
+    # a holder that was killed (SIGKILL: no release) on this machine does not block the next search
+    code = ("from job.config import SearchConfig; from job.experiment import Experiment, Lock; import os; "
+            "Lock(Experiment(SearchConfig(storage=%r, name='e'), None)).acquire(); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code % str(tmp_path / "ray")], check=True)
+    assert (tmp_path / "ray" / ".e.lock.json").exists()
+    with Lock(experiment):
+        pass
+
+
+def test_a_lock_held_on_another_machine_is_waited_for_then_refused_or_taken(tmp_path, monkeypatch):
+    import time
+
+    from job import experiment as module
+    from job.experiment import Lock
+
+    search = SearchConfig(storage=str(tmp_path / "ray"), name="e")
+    where = Experiment(search, None).storage
+    where.check_writable("storage")
+    other = {"host": "elsewhere", "pid": 1, "token": "t", "expires": time.time() + 30}
+    where.write_json(".e.lock.json", other)
+    renewals = iter(range(100))
+
+    def renewing(seconds):  # the other machine renews its lease while we wait: it is alive
+        where.write_json(".e.lock.json", other | {"expires": time.time() + 30 + next(renewals)})
+
+    with pytest.raises(BadInput, match="being searched right now by process 1 on elsewhere"):
+        Lock(Experiment(search, None), wait=renewing).acquire()
+    where.write_json(".e.lock.json", other | {"expires": time.time() - 1})  # its lease ran out: it died
+    lock = Lock(Experiment(search, None), wait=lambda s: None)
+    lock.acquire()
+    assert where.read_json(".e.lock.json")["token"] == lock.me["token"]
+    lock.release()
+
+
+def test_experiment_storage_that_other_users_may_write_is_refused(tmp_path):
+    import os
+
+    search = SearchConfig(storage=str(tmp_path / "ray"), name="e")
+    (tmp_path / "ray" / "e").mkdir(parents=True)
+    os.chmod(tmp_path / "ray" / "e", 0o777)
+    with pytest.raises(BadInput, match="may be written by other users.*chmod go-w"):
+        Experiment(search, None).check(TrainConfig(), search, restart=False)
+    os.chmod(tmp_path / "ray" / "e", 0o755)
+    os.chmod(tmp_path / "ray", 0o1777)  # like /tmp: others may add files, not change ours
+    assert Experiment(search, None).check(TrainConfig(), search, restart=False) is False

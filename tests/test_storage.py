@@ -241,3 +241,17 @@ def test_a_read_only_local_output_is_refused(tmp_path):
         target = tmp_path / "ro" / "out"
     with pytest.raises(BadInput, match="is not writable"):
         Location.parse(target).check_writable("output folder")
+
+
+def test_one_search_at_a_time_on_s3_too(s3_server, s3_env):
+    from job.config import SearchConfig
+    from job.experiment import Experiment, Lock
+
+    bucket = s3_server.bucket()
+    search = SearchConfig(storage=f"s3://{bucket}/ray", name="e")
+    with Lock(Experiment(search, None)) as first:
+        assert Location.parse(f"s3://{bucket}/ray").read_json(".e.lock.json")["token"] == first.me["token"]
+        assert not Location.parse(f"s3://{bucket}/ray").create_json(".e.lock.json", {"x": 1})  # conditional PUT
+        with pytest.raises(BadInput, match="is being searched right now"):
+            Lock(Experiment(search, None)).acquire()
+    assert not Location.parse(f"s3://{bucket}/ray").exists(".e.lock.json")
