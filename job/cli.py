@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise  # anything else is a bug: keep the traceback
-        print(f"job: error: {e.strerror}: {e.filename or ''}: free space or fix permissions, then run again", file=sys.stderr)
+        fix = "free space there" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
+        print(f"job: error: {e.strerror}: {e.filename or 'a file job writes'}: {fix}, then run again", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         sys.stdout.flush()

@@ -30,6 +30,10 @@ def write_atomic(path: Path, data: bytes | bytearray | memoryview | str) -> None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a full disk says so without naming the file: name it
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

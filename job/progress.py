@@ -60,9 +60,9 @@ class SearchView:
         self.active.discard(trial_id)
         self._line(counts, f"{trial_id} {'completed' if epochs_done >= self.epochs else f'stopped after epoch {epochs_done}'}")
 
-    def trial_errored(self, trial_id: str, counts: Counts) -> None:
+    def trial_errored(self, trial_id: str, counts: Counts, reason: str = "") -> None:
         self.active.discard(trial_id)
-        self._line(counts, f"{trial_id} errored")
+        self._line(counts, f"{trial_id} errored" + (f" ({reason})" if reason else ""))
 
 
 def search_summary(result) -> list[str]:

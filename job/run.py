@@ -129,6 +129,6 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, o
     bundle.write(staged / bundle.BEST_DIR, s.fit.best_model, info)
     report.plot_history(staged / "curves.png", s.fit.history, s.fit.best_epoch)
     write_json(staged / RUN_FILE, run_record("done", meta, best_epoch=s.fit.best_epoch, best=best))
-    where.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}")
+    where.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
     return Result(str(where), str(where.join(bundle.BEST_DIR)), s.fit.best_epoch, best, s.fit.history,
                   seconds=time.perf_counter() - started, skipped=s.skipped, resumed_from=start_epoch)

@@ -462,9 +462,15 @@ class Location:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def publish(self, staged: Path, last: str) -> None:
-        """Make a finished run in `staged` visible here; `last` (a manifest) becomes visible after every other file."""
+    def publish(self, staged: Path, last: str, owned: tuple[str, ...] = ()) -> None:
+        """Make a finished run in `staged` visible here; `last` (a manifest) becomes visible after every other file.
+        Files or folders named in `owned` (a run's own) that this run did not write are removed: two runs' files
+        never mix."""
         if self.remote:
+            self.store.delete(self.url.join(last))  # first: a half-replaced run is never taken as complete
+            for name in owned:
+                if not (staged / name).exists():
+                    self.join(name).delete()
             self.store.upload_folder(staged, self.url, last=last)
 
     def pull(self, cache: Path, folder: bool = False) -> Path:

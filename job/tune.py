@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -142,18 +143,32 @@ class ProgressEvents(tune.Callback):
         LIVE.view.trial_ended(trial.trial_id, int(trial.last_result.get("epoch", 0)), _counts(trials))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        LIVE.view.trial_errored(trial.trial_id, _counts(trials))
+        LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
+
+
+def _reason(error) -> str:
+    """The last line of a trial's error (the exception job raised in it), without Ray's wrapping."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 @contextlib.contextmanager
 def _environment():
-    """RAY_ENVIRONMENT (unless the user set a value) for the block; the caller's environment as it was afterwards."""
+    """RAY_ENVIRONMENT (unless the user set a value) for the block, and Ray Tune's own error logs off: a failed trial
+    is one progress line and a row of trials.csv with its reason, not Ray's 40-line traceback. The caller's
+    environment and log levels as they were afterwards."""
     saved = dict(os.environ)
+    loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")]
+    levels = [logger.level for logger in loggers]
     try:
         for key, value in RAY_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
         yield
     finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
         os.environ.clear()
         os.environ.update(saved)
 
@@ -247,7 +262,7 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     if overwrite or restart or out.remote:
         results.clear(staged)  # an earlier run's files never mix with this one's
     metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment))
-    out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}")
+    out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
     importances = LIVE.study.importances()
     LIVE.study = LIVE.view = None
     return Result(str(out), str(out.join(bundle.BEST_DIR)), best.best_epoch, metrics, best.history,
@@ -339,7 +354,7 @@ def _trial(result, max_epochs: int, cut_by_budget: set[str], names: tuple[str, .
     df = result.metrics_dataframe
     columns = [c for c in ("epoch", *EPOCH_METRICS) if df is not None and c in df]
     history = df[columns].to_dict("records") if df is not None and METRIC in df else []
-    error = str(result.error).strip().splitlines()[-1][:300] if result.error else ""
+    error = _reason(result.error)
     config = result.config or {}
     return Trial.of(Path(result.path).name, {k: config[k] for k in names if k in config}, history, METRIC, max_epochs,
                     error, cut_by_budget)

@@ -91,3 +91,36 @@ def test_an_output_inside_the_data_folder_is_refused_before_any_work(tmp_path):
     with pytest.raises(BadInput, match="is inside the data folder"):
         run.train(tiny(data), data / "runs" / "r")
     assert not (data / "runs").exists()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 1 MiB file system: a disk that is full after the first large write."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root): the full-disk tests did not run")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_output_disk_is_a_clean_error_and_nothing_half_written_is_taken_as_finished(images, tmp_path, tmpfs):
+    from tests.conftest import RESNET, assert_error, run_job
+
+    out = tmpfs / "run"
+    r = run_job("train", "--data", images, *RESNET, "--epochs", "1", "--output", out)  # a 45 MB checkpoint
+    assert_error(r, 1, "No space left on device", str(out / "checkpoint.pt"), "free space there")
+    assert not (out / "checkpoint.pt").exists() and not (out / "best").exists()
+    assert [p.name for p in out.iterdir()] == ["run.json"]  # and it says the run did not finish
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+
+
+def test_a_cache_disk_too_small_for_the_decoded_data_is_refused_before_decoding(images, tmp_path, tmpfs):
+    from tests.conftest import TINY, assert_error, run_job
+
+    r = run_job("train", "--data", images, *TINY, "--image-size", "224", "--output", tmp_path / "out",
+                env={"JOB_CACHE": str(tmpfs / "cache")})
+    assert_error(r, 1, f"in the cache folder {tmpfs / 'cache' / 'prepared'}", "MiB", "JOB_CACHE")
+    assert not [p for p in (tmpfs / "cache" / "prepared").iterdir()]  # no half-decoded array left behind

@@ -255,3 +255,18 @@ def test_one_search_at_a_time_on_s3_too(s3_server, s3_env):
         with pytest.raises(BadInput, match="is being searched right now"):
             Lock(Experiment(search, None)).acquire()
     assert not Location.parse(f"s3://{bucket}/ray").exists(".e.lock.json")
+
+
+def test_overwrite_on_s3_leaves_no_file_of_the_earlier_run(s3_server, images):
+    bucket = s3_server.bucket()
+    client = s3_server.client()
+    for key in ("r/run.json", "r/trials.csv", "r/best/model.pt", "r/notes.txt"):
+        client.put_object(Bucket=bucket, Key=key, Body=b'{"status": "done", "experiment": "another"}')
+    r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", f"s3://{bucket}/r", env=s3_server.env)
+    assert_error(r, EXIT_BAD_INPUT, "already holds another run", "--overwrite")
+    r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", f"s3://{bucket}/r", "--overwrite",
+                env=s3_server.env)
+    assert r.returncode == 0, r.stderr
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "r/trials.csv" not in keys and "r/notes.txt" in keys  # job's own files replaced, the user's kept
+    assert json.loads(client.get_object(Bucket=bucket, Key="r/run.json")["Body"].read())["kind"] == "train"

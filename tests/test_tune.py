@@ -131,13 +131,18 @@ def test_interrupt_saves_the_experiment_and_the_same_command_resumes(data, tmp_p
 def test_a_diverging_trial_errors_with_its_reason_and_the_search_goes_on(data, tmp_path):
     # with seed 0 the study's first four draws from this range are about lr 0.026, 1e10, 156 and 0.014: some diverge
     r = run_job("tune", "--data", data, *RESNET, "--epochs", "1", "--num-samples", "4", "--lr-range", "1e-40,1e30",
-                "--set", "startup_trials=4", "--set", "max_failures=0", "--storage", tmp_path / "ray",
+                "--set", "startup_trials=4", "--set", "max_failures=1", "--storage", tmp_path / "ray",
                 "--output", tmp_path / "out", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     trials = json.loads(r.stdout)["trials"]
     errored = [t for t in trials if t["status"] == "errored"]
     assert errored and all("diverged" in t["error"] and "lower lr" in t["error"] for t in errored), trials
     assert any(t["status"] == "completed" for t in trials), trials
+    # one line each, with the reason, not Ray's traceback; the retry Ray grants (max_failures) trains nothing
+    assert "Traceback" not in r.stderr and r.stderr.count("errored (") == len(errored), r.stderr
+    for t in errored:
+        folder = next((tmp_path / "ray" / "job-tune").glob(f"trial_*_{t['trial_id']}"))
+        assert "diverged" in (folder / "diverged.txt").read_text() and not list(folder.glob("checkpoint_*"))
 
 
 @pytest.mark.parametrize(
