@@ -121,6 +121,8 @@ def check_manifest(manifest: object, where: str) -> dict:
 def read(folder: Path) -> dict:
     """The verified manifest of the bundle in `folder`: every file it lists (and so every file `load` reads) has
     the listed size and SHA-256."""
+    if not (folder / MANIFEST).is_file():
+        raise BadInput(f"'{folder}' holds no {MANIFEST}: the bundle is incomplete (its export was cut short), export it again")
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):

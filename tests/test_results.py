@@ -46,3 +46,43 @@ def test_summary_of_a_train_run_and_of_a_search():
                                "epochs": 1, "seconds": 1.2, "resumed_from_epoch": 0, "skipped_images": 2}
     search = Result("out", "out/best", 1, {"val_acc": 0.5}, t.history, experiment="exp", trials=[t], best_trial=t)
     assert search.summary()["best"] == t.row() and search.summary()["trials"] == [t.row()]
+
+
+@pytest.mark.parametrize("stop_at", range(1, 9))
+def test_an_export_stopped_at_any_write_is_never_taken_as_finished_and_the_rerun_completes(tmp_path, monkeypatch, stop_at):
+    """Ctrl-C or SIGTERM at each step of a search's export: the same command exports again, whole."""
+    from job import bundle, files, model
+    from job.errors import BadInput
+    from job.results import write_search
+
+    weights = model.create("tiny_cnn", "none", 2).state_dict()
+    state = {"best_model": None, "model": weights, "best_epoch": 1, "classes": ["a", "b"], "data_fingerprint": "f",
+             "preprocessing": {"image_size": 32, "resize_size": 36, "mean": [0.5] * 3, "std": [0.5] * 3,
+                               "interpolation": "bilinear"}}
+    t = Trial.of("trial_001_a", {"lr": 0.1}, history(0.5), "val_acc", 1, "", set())
+    out = tmp_path / "out"
+    write_search(out, state, t, [t], {"model": "tiny_cnn"}, "exp")  # an earlier export, complete
+    real, writes = files.write_atomic, []
+
+    def interrupted(path, data):
+        writes.append(path)
+        if len(writes) == stop_at:
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(files, "write_atomic", interrupted)
+    for module in ("job.checkpoint", "job.report"):
+        monkeypatch.setattr(f"{module}.write_atomic", interrupted)
+    state["best_model"] = {k: v + 1 for k, v in weights.items() if v.is_floating_point()} | {
+        k: v for k, v in weights.items() if not v.is_floating_point()}  # the new export's weights differ
+    try:
+        write_search(out, state, t, [t], {"model": "tiny_cnn"}, "exp")
+    except KeyboardInterrupt:
+        try:  # whatever was left: the old bundle whole, or none at all, never a mix
+            manifest = bundle.read(out / "best")
+            assert manifest["files"]["model.pt"]["sha256"] == files.sha256(out / "best" / "model.pt")
+        except BadInput:
+            pass
+    monkeypatch.undo()
+    write_search(out, state, t, [t], {"model": "tiny_cnn"}, "exp")  # the same command again
+    assert bundle.read(out / "best")["best_epoch"] == 1
