@@ -298,7 +298,6 @@ class Location:
     """
 
     def __init__(self, text: str, endpoint: Endpoint | None = None):
-        self.text = text
         self.remote = is_s3(text)
         if self.remote:
             self.url = S3Url.parse(text)
@@ -325,7 +324,7 @@ class Location:
 
     def join(self, *parts: str) -> Location:
         child = Location.__new__(Location)
-        child.text, child.remote = self.text, self.remote
+        child.remote = self.remote
         if self.remote:
             child.url, child.store = self.url.join(*parts), self.store
         else:

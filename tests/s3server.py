@@ -27,6 +27,7 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    pid: int | None = None  # the local server's process (its own process group); None for JOB_TEST_S3_ENDPOINT
 
     @property
     def env(self) -> dict[str, str]:
@@ -82,6 +83,7 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
     env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
     with open(folder / "weed.log", "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True)
+        server.pid = proc.pid
         try:
             server.endpoint = f"http://127.0.0.1:{p + 4}"
             deadline = time.monotonic() + 90
@@ -95,6 +97,7 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
                     time.sleep(0.5)
             yield server
         finally:
+            os.killpg(proc.pid, signal.SIGCONT)  # a test may have paused it
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=20)

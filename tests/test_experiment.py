@@ -68,7 +68,6 @@ def test_one_search_at_a_time_and_a_dead_holders_lock_is_taken_over(tmp_path):
 def test_a_lock_held_on_another_machine_is_waited_for_then_refused_or_taken(tmp_path, monkeypatch):
     import time
 
-    from job import experiment as module
     from job.experiment import Lock
 
     search = SearchConfig(storage=str(tmp_path / "ray"), name="e")

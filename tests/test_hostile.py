@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from job import bundle, config
-from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput
+from job.errors import EXIT_BAD_INPUT, BadInput
 from tests.conftest import TINY, assert_error, run_job
 
 

@@ -1,7 +1,10 @@
 """S3 storage against a real S3 server (SeaweedFS here; MinIO or AWS when JOB_TEST_S3_ENDPOINT is set)."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -270,3 +273,41 @@ def test_overwrite_on_s3_leaves_no_file_of_the_earlier_run(s3_server, images):
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert "r/trials.csv" not in keys and "r/notes.txt" in keys  # job's own files replaced, the user's kept
     assert json.loads(client.get_object(Bucket=bucket, Key="r/run.json")["Body"].read())["kind"] == "train"
+
+
+STALL_S = 130  # longer than any single S3 request may take (60 s), as a storage server that hangs for two minutes
+
+
+def test_a_stalled_s3_server_neither_hangs_the_search_nor_loses_trials(s3_server, images):
+    """The S3 server paused (SIGSTOP) for two minutes mid-search, then resumed: the search waits, retries, and ends
+    with every trial complete and the best bundle on S3."""
+    import threading
+
+    from tests.conftest import start_job
+
+    if s3_server.pid is None:
+        pytest.skip("pausing needs the local SeaweedFS server; JOB_TEST_S3_ENDPOINT names another one")
+    bucket = s3_server.bucket()
+    home = Path(tempfile.mkdtemp(prefix="job-stall-", dir="/tmp"))  # Ray's socket paths stay short
+    env = {**s3_server.env, "JOB_CACHE": str(home / "cache"), "RAY_TMPDIR": str(home)}
+    proc = start_job(["tune", "--data", str(images), *RESNET, "--epochs", "3", "--num-samples", "3", "--set",
+                      "early_stopping=none", "--storage", f"s3://{bucket}/ray", "--output", f"s3://{bucket}/best"],
+                     env=env, cwd=home, stdout=subprocess.DEVNULL)
+    resume = threading.Timer(STALL_S, os.killpg, (s3_server.pid, signal.SIGCONT))
+    try:
+        for line in proc.stderr:
+            if " epoch 1/3 " in line:  # mid-search: a trial is reporting and saving checkpoints
+                break
+        os.killpg(s3_server.pid, signal.SIGSTOP)
+        resume.start()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=900) == 0, err[-3000:]
+    finally:
+        resume.cancel()
+        os.killpg(s3_server.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(home, ignore_errors=True)
+    trials = json.loads(s3_server.client().get_object(Bucket=bucket, Key="best/trials.json")["Body"].read())
+    assert len(trials) == 3 and all(t["status"] == "completed" and t["epochs"] == 3 for t in trials), trials
+    assert "Traceback" not in err

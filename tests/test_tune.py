@@ -201,3 +201,20 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(data, tmp_path):
     trials = json.loads((out / "trials.json").read_text())
     assert len(trials) == 2 and all(t["status"] == "completed" and t["epochs"] == 3 for t in trials), trials
     assert "Traceback" not in err
+
+
+def test_a_second_search_on_a_running_experiment_exits_2_within_seconds_naming_the_first(data, tmp_path):
+    args = ["tune", "--data", str(data), *TINY, "--epochs", "50", "--num-samples", "2",
+            "--storage", str(tmp_path / "ray"), "--output", str(tmp_path / "out")]
+    first = start_job(args, stdout=subprocess.DEVNULL)
+    try:
+        for line in first.stderr:
+            if "new experiment" in line:  # the first one holds the experiment
+                break
+        started = time.monotonic()
+        r = run_job(*args)
+        assert_error(r, EXIT_BAD_INPUT, "is being searched right now by process", str(first.pid), "on this machine")
+        assert time.monotonic() - started < 30
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
