@@ -65,7 +65,9 @@ def test_predict_table_and_json(trained, images):
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert len(rows) == 14 and all(len(row["predictions"]) == 2 for row in rows)
-    assert all(abs(sum(p["probability"] for p in row["predictions"])) <= 1.0001 for row in rows)
+    assert all(row["predictions"][0]["probability"] >= row["predictions"][1]["probability"] for row in rows)
+    every = json.loads(run_job("predict", out, files[0], "--top-k", "9", "--json").stdout)[0]["predictions"]
+    assert len(every) == 3 and sum(p["probability"] for p in every) == pytest.approx(1, abs=1e-5)  # all 3 classes
     r = run_job("predict", out / "best", files[0])
     assert r.returncode == 0 and "top-1" in r.stdout and "class_" in r.stdout
 
@@ -219,10 +221,14 @@ def test_help_shows_each_flags_type_and_default_and_every_flag_has_help():
     parser = build_parser()
     assert "--epochs N" in run_job("train", "--help").stdout and "(default 5)" in run_job("train", "--help").stdout
     assert "--lr-range MIN,MAX" in run_job("tune", "--help").stdout
-    for action in parser._subparsers._group_actions[0].choices.values():
-        for flag in action._actions:
+    from job import config
+
+    settings = {f for c in config.SECTIONS for f in c.__dataclass_fields__}
+    for command in parser._subparsers._group_actions[0].choices.values():
+        for flag in command._actions:
             assert flag.help, flag.option_strings
-            assert flag.metavar != "X" or flag.type is None  # no bare X for a typed flag
+            if flag.dest in settings and flag.help != "==SUPPRESS==" and flag.nargs != 0 and not flag.required:
+                assert flag.metavar in ("N", "X", "MIN,MAX", "TEXT") and "(default " in flag.help, flag.option_strings
 
 
 def test_help_does_not_import_torch():
