@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -160,7 +161,12 @@ def _environment():
     saved = dict(os.environ)
     loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")]
     levels = [logger.level for logger in loggers]
+    # The private local Ray keeps its sockets, logs and session files in a folder only this user can enter (Ray's
+    # default, /tmp/ray, is writable by every user); RAY_TMPDIR set by the user (or the image) is kept.
+    private = None if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_TMPDIR") else tempfile.mkdtemp(prefix="job-ray-")
     try:
+        if private:
+            os.environ["RAY_TMPDIR"] = private
         for key, value in RAY_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
         for logger in loggers:
@@ -171,6 +177,8 @@ def _environment():
             logger.setLevel(level)
         os.environ.clear()
         os.environ.update(saved)
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _start_ray() -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -218,3 +219,27 @@ def test_a_second_search_on_a_running_experiment_exits_2_within_seconds_naming_t
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+def test_the_private_ray_keeps_its_files_where_only_this_user_can_enter(data, tmp_path):
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    before = set(Path(tempfile.gettempdir()).glob("job-ray-*"))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_TMPDIR", "RAY_ADDRESS")}
+    proc = subprocess.Popen([sys.executable, "-m", "job", "tune", "--data", str(data), *TINY, "--epochs", "50",
+                             "--num-samples", "2", "--storage", str(tmp_path / "ray"), "--output", str(tmp_path / "out")],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+    try:
+        for line in proc.stderr:
+            if " epoch 1/50 " in line:
+                break
+        folders = set(Path(tempfile.gettempdir()).glob("job-ray-*")) - before
+        assert len(folders) == 1, folders
+        folder = folders.pop()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and list(folder.glob("ray/session_*/sockets"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert not folder.exists()  # removed when the search stops
