@@ -12,7 +12,8 @@ import uuid
 from pathlib import Path
 
 from job.config import S3Config, SearchConfig, TrainConfig
-from job.errors import BadInput
+from job.errors import BadInput, JobError
+from job.progress import say
 from job.storage import Location
 from job.study import JOURNAL
 
@@ -87,7 +88,13 @@ class Experiment:
         return local
 
     def save_journal(self, cache: Path) -> None:
-        self.journal_record.push(self.journal_record.cache_path(cache))
+        """Push the study's journal to storage. A failure (storage down) is a warning, not the end of the search:
+        Ray's own state cannot be saved then either, and the next change pushes the whole journal again."""
+        try:
+            self.journal_record.push(self.journal_record.cache_path(cache))
+        except JobError as e:
+            say(f"warning: the Optuna study could not be saved to {self.journal_record} ({e}); trying again at the "
+                "next trial event")
 
 
 LEASE_S = 30.0  # a search that dies without releasing its lock holds it this long at most

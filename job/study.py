@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 JOURNAL = "optuna.journal"
 RAY_TRIAL_ID = "ray_trial_id"
+LOST = "lost_ray_trial_ids"  # a study attribute: trials asked for that the experiment never recorded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +64,12 @@ class Study:
                   else optuna.samplers.RandomSampler(seed=sampler_seed))
         self.study = optuna.create_study(study_name=name, storage=storage, sampler=chosen, load_if_exists=True,
                                          direction="maximize" if objective.mode == "max" else "minimize")
-        self.numbers = {t.user_attrs[RAY_TRIAL_ID]: t.number for t in self.study.trials if RAY_TRIAL_ID in t.user_attrs}
+        lost = set(self.study.user_attrs.get(LOST, []))
+        self.numbers = {t.user_attrs[RAY_TRIAL_ID]: t.number for t in self.study.trials
+                        if RAY_TRIAL_ID in t.user_attrs and t.user_attrs[RAY_TRIAL_ID] not in lost}
         self.asked: dict[str, optuna.Trial] = {}  # trials asked by this process: they take intermediate values
         self.seen: dict[str, list[float]] = {}  # every finite value of the metric reported here, per trial
+        self.unrecorded: set[str] = set()  # trials the experiment holds that the journal does not (see reconcile)
 
     def ask(self, key: str) -> dict | None:
         """The settings of trial `key` (the same ones again for a trial that was already asked for); None once the
@@ -73,7 +77,7 @@ class Study:
         if key in self.numbers:
             frozen = self.study.trials[self.numbers[key]]
             return {**self.space.fixed, **frozen.params}
-        if len(self.numbers) >= self.num_samples:
+        if len(self.numbers) + len(self.unrecorded) >= self.num_samples:
             return None
         trial = self.study.ask(dict(self.space.searched))
         trial.set_user_attr(RAY_TRIAL_ID, key)
@@ -106,6 +110,21 @@ class Study:
             self.study.tell(number, state=TrialState.PRUNED)
         else:
             self.study.tell(number, float(value))
+        self.on_change()
+
+    def reconcile(self, known: set[str]) -> None:
+        """After a resume, with the trials the restored experiment holds. The journal and Ray's state are saved at
+        different moments, so a kill can leave either one behind: a trial the journal holds as running but the
+        experiment does not know was never run (told FAIL, it no longer counts); a trial the experiment holds but
+        the journal does not (its record did not reach storage) counts all the same. Either way the search runs
+        `num_samples` trials, no more, no fewer."""
+        self.unrecorded = known - set(self.numbers)
+        lost = [k for k, n in self.numbers.items() if k not in known and self.study.trials[n].state == TrialState.RUNNING]
+        if not lost:
+            return
+        for key in lost:
+            self.study.tell(self.numbers.pop(key), state=TrialState.FAIL)
+        self.study.set_user_attr(LOST, sorted(set(self.study.user_attrs.get(LOST, [])) | set(lost)))
         self.on_change()
 
     def importances(self) -> dict[str, float]:

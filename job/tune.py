@@ -94,6 +94,7 @@ class _Live:
 
     study: Study | None = None
     view: SearchView | None = None
+    reconciled: bool = False  # the study has been told which trials the experiment holds
 
 
 LIVE = _Live()
@@ -131,7 +132,13 @@ def _counts(trials) -> Counts:
 
 
 class ProgressEvents(tune.Callback):
-    """Ray's trial events, forwarded to this process's SearchView."""
+    """Ray's trial events, forwarded to this process's SearchView; and, before the first new trial is created, the
+    trials Ray restored, which the study reconciles with its journal (Study.reconcile)."""
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not LIVE.reconciled:
+            LIVE.study.reconcile({t.trial_id for t in trials})
+            LIVE.reconciled = True
 
     def on_trial_start(self, iteration, trials, trial, **info):
         LIVE.view.trial_started(trial.trial_id)
@@ -292,6 +299,7 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, res
                        search_cfg.sampler, cfg.seed, startup, search_cfg.num_samples,
                        on_change=lambda: experiment.save_journal(cache))
     LIVE.view = SearchView(search_cfg.num_samples, cfg.epochs, METRIC, enabled=progress)
+    LIVE.reconciled = False
     fn = tune.with_resources(tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(cache),
                                                   threads=resources["cpu"], s3=(s3 or S3Config()).to_dict()), resources)
     # Ray's local workers inherited the credentials when Ray started; Tune would copy them from here into each

@@ -80,3 +80,23 @@ def test_a_resumed_search_does_not_repeat_the_first_runs_settings(tmp_path, samp
     second = Study(tmp_path / JOURNAL, "s", SPACE, Objective("val_acc", "max", 4), sampler, 0, 10, 4)
     b = [second.ask(k)["lr"] for k in ("c", "d")]
     assert not set(a) & set(b)
+
+
+def test_a_resumed_search_runs_num_samples_trials_whichever_record_a_kill_left_behind(tmp_path):
+    """Killed between the study recording a new trial and Ray's next snapshot, or the other way round: the resumed
+    search still runs num_samples trials, also when it is resumed again."""
+    s = study(tmp_path, num_samples=3)
+    for key in ("a", "b", "c"):
+        s.ask(key)
+    again = study(tmp_path, num_samples=3)
+    assert again.ask("d") is None  # the journal says three exist
+    again.reconcile({"a", "b"})  # the restored experiment holds two: "c" never ran
+    assert again.ask("d") is not None and again.ask("e") is None
+    assert again.study.trials[2].state == TrialState.FAIL
+    third = study(tmp_path, num_samples=3)
+    assert third.ask("d") is not None and third.ask("f") is None  # "c" stays forgotten
+    (tmp_path / "other").mkdir()
+    ahead = study(tmp_path / "other", num_samples=3)
+    ahead.ask("a")
+    ahead.reconcile({"a", "x", "y"})  # the experiment holds two trials whose records did not reach the journal
+    assert ahead.ask("z") is None
