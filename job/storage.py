@@ -495,6 +495,7 @@ class Location:
             if self.remote:
                 self.store.download(self.url.join(name), target)
             else:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(inside(self.path, name), target)
 
     def push(self, local: Path) -> None:

@@ -100,3 +100,11 @@ def test_experiment_storage_that_other_users_may_write_is_refused(tmp_path):
     os.chmod(tmp_path / "ray" / "e", 0o755)
     os.chmod(tmp_path / "ray", 0o1777)  # like /tmp: others may add files, not change ours
     assert Experiment(search, None).check(TrainConfig(), search, restart=False) is False
+
+
+def test_damaged_experiment_settings_are_named_not_crashed_on(tmp_path):
+    search = SearchConfig(storage=str(tmp_path / "ray"), name="e")
+    (tmp_path / "ray" / "e").mkdir(parents=True)
+    (tmp_path / "ray" / "e" / SETTINGS_FILE).write_text('{"train": {"lr": 0.0')  # cut short
+    with pytest.raises(BadInput, match="job-tune.json' is damaged"):
+        Experiment(search, None).check(TrainConfig(), search, restart=False)

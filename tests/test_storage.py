@@ -311,3 +311,31 @@ def test_a_stalled_s3_server_neither_hangs_the_search_nor_loses_trials(s3_server
     trials = json.loads(s3_server.client().get_object(Bucket=bucket, Key="best/trials.json")["Body"].read())
     assert len(trials) == 3 and all(t["status"] == "completed" and t["epochs"] == 3 for t in trials), trials
     assert "Traceback" not in err
+
+
+def test_an_object_key_that_would_leave_the_cache_is_refused(s3_server, s3_env, images, tmp_path):
+    bucket = s3_server.bucket()
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="data/class_0/a.png", Body=(images / "class_0" / "img_000.png").read_bytes())
+    try:  # AWS and MinIO take such a key; SeaweedFS refuses it (InvalidRequest), so the listing is safe there
+        client.put_object(Bucket=bucket, Key="data/class_0/../../../escaped.png", Body=b"x")
+    except client.exceptions.ClientError as e:
+        pytest.skip(f"this S3 server refuses keys with '..' ({e.response['Error']['Code']}): nothing hostile to list; "
+                    "tests/test_files.py checks the rule itself")
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    if not any(".." in k for k in keys):
+        pytest.skip(f"this S3 server normalises '..' out of keys ({sorted(keys)}): nothing hostile to list")
+    r = run_job("train", "--data", f"s3://{bucket}/data", *TINY, "--output", tmp_path / "out", env=s3_server.env)
+    assert_error(r, EXIT_BAD_INPUT, "would leave")
+    assert not list(tmp_path.parent.rglob("escaped.png"))
+
+
+def test_names_from_a_listing_or_manifest_never_leave_the_target_folder(tmp_path):
+    source = Location.parse(tmp_path / "bundle")
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "model.pt").write_bytes(b"w")
+    source.pull_files(["model.pt"], tmp_path / "into")
+    for hostile in ("../escaped.pt", "/etc/passwd", "a/../../escaped.pt"):
+        with pytest.raises(BadInput, match="would leave"):
+            source.pull_files([hostile], tmp_path / "into")
+    assert not (tmp_path / "escaped.pt").exists()
