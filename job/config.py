@@ -220,7 +220,7 @@ class SearchConfig(Settings):
     reduction_factor: int = _field(2, "ASHA: keep the top 1/reduction_factor of trials at each rung")
     startup_trials: int | None = _field(None, "TPE: random trials before it models the space; default num_samples // 3, from 2 to 10")
     cpus_per_trial: int | None = _field(None, "CPUs (and torch threads) per trial; default: all CPUs / concurrent trials")
-    gpus_per_trial: float | None = _field(None, "GPUs per trial, fractions allowed; default 1 when there are GPUs")
+    gpus_per_trial: float | None = _field(None, "GPUs per trial, 0 to 1 (0.5: two trials per GPU); default 1 when there are GPUs")
     max_failures: int = _field(2, "Times a crashed trial is retried from its last checkpoint")
     storage: str = _field("runs/ray", "Where Ray keeps the experiment (trial results and checkpoints)")
     name: str = _field("job-tune", "Experiment name: an unfinished experiment of this name is resumed")
@@ -242,8 +242,9 @@ class SearchConfig(Settings):
         for key in ("time_budget_s", "cpus_per_trial", "startup_trials"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise BadInput(f"{key} = {getattr(self, key)} is out of range: {key} must be > 0")
-        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise BadInput(f"gpus_per_trial = {self.gpus_per_trial} is out of range: give 0 or more (fractions allowed)")
+        if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 1:
+            raise BadInput(f"gpus_per_trial = {self.gpus_per_trial:g} is out of range: a trial trains on one GPU, so give "
+                           "0 to 1 (0.5 packs two trials per GPU)")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise BadInput(f"name = {_shown(self.name)} is not a plain folder name: use letters, digits, '.', '_' and '-'")
 

@@ -38,3 +38,5 @@ def test_asking_for_more_than_the_cluster_has_is_refused_by_name():
         cpus.share(4, 0, SearchConfig(gpus_per_trial=1), "auto")
     with pytest.raises(BadInput, match="cpus_per_trial = 8 but the Ray cluster has 4 CPU"):
         cpus.share(4, 0, SearchConfig(cpus_per_trial=8), "auto")
+    with pytest.raises(BadInput, match="gpus_per_trial = 2 is out of range: a trial trains on one GPU"):
+        SearchConfig(gpus_per_trial=2)  # before Ray starts: a second GPU would sit idle
