@@ -16,12 +16,11 @@ from typing import Callable
 
 import torch
 
-from job import builtin, bundle, checkpoint, data, model, report
+from job import builtin, bundle, checkpoint, data, model, report, results
 from job.config import S3Config, TrainConfig
 from job.errors import BadInput
 from job.files import write_json
 from job.loop import BarFactory, Data, Epoch, Fit, resolve_device
-from job import results
 from job.results import Result, run_record
 from job.storage import RUN_FILE, Location, is_s3
 
