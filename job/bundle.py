@@ -89,7 +89,6 @@ def find(path: Path) -> Path:
 # anywhere): it is checked whole before anything in it is used.
 _SCHEMA = {"format": str, "model": str, "num_classes": int, "classes": list, "preprocessing": dict, "files": dict,
            "config": dict, "metrics": dict}
-_PREP_SCHEMA = {"image_size": int, "resize_size": int, "mean": list, "std": list, "interpolation": str}
 
 
 def check_manifest(manifest: object, where: str) -> dict:
@@ -104,9 +103,10 @@ def check_manifest(manifest: object, where: str) -> dict:
     for key, kind in _SCHEMA.items():
         if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
             raise bad(f"'{key}' is missing or not a {kind.__name__}")
-    for key, kind in _PREP_SCHEMA.items():
-        if not isinstance(manifest["preprocessing"].get(key), kind):
-            raise bad(f"'preprocessing.{key}' is missing or not a {kind.__name__}")
+    try:
+        Preprocessing.from_dict(manifest["preprocessing"], prefix="preprocessing.")
+    except ValueError as e:
+        raise bad(str(e)) from None
     classes = manifest["classes"]
     if len(classes) != manifest["num_classes"] or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise bad(f"{len(classes)} class names for num_classes {manifest['num_classes']}")

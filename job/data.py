@@ -15,6 +15,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -31,7 +32,6 @@ from job.files import write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CACHE_VERSION = 1  # bump when the decoded pixels would differ for the same files
-MAX_PIXELS = 89_478_485  # PIL's own limit (Image.MAX_IMAGE_PIXELS), where it warns of a decompression bomb
 BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's ways of saying "bad file"
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -50,8 +50,27 @@ class Preprocessing:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(d["image_size"], d["resize_size"], tuple(d["mean"]), tuple(d["std"]), d["interpolation"])
+    def from_dict(cls, d: object, prefix: str = "") -> Preprocessing:
+        """From a manifest or checkpoint (data from outside): every value checked, else ValueError naming the key
+        (`prefix` + key)."""
+        def numbers(key: str) -> tuple[float, float, float]:
+            v = d.get(key)
+            if not (isinstance(v, (list, tuple)) and len(v) == 3
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+                raise ValueError(f"'{prefix}{key}' must be 3 finite numbers")
+            return tuple(float(x) for x in v)
+
+        if not isinstance(d, dict):
+            raise ValueError(f"'{prefix.rstrip('.') or 'preprocessing'}' must be an object")
+        size, resize = d.get("image_size"), d.get("resize_size")
+        if not (isinstance(size, int) and isinstance(resize, int) and 16 <= size <= resize <= 4096):
+            raise ValueError(f"'{prefix}image_size' and '{prefix}resize_size' must be integers, 16 <= image_size <= resize_size")
+        mean, std = numbers("mean"), numbers("std")
+        if min(std) <= 0:
+            raise ValueError(f"'{prefix}std' must be positive")
+        if not isinstance(d.get("interpolation"), str) or d["interpolation"] not in INTERPOLATIONS:
+            raise ValueError(f"'{prefix}interpolation' must be one of {', '.join(INTERPOLATIONS)}")
+        return cls(size, resize, mean, std, d["interpolation"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +159,8 @@ def _split(per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> Split:
 def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
     """Decode, convert to RGB (alpha over white), resize the short side to `size`, centre-crop: (size, size, 3) uint8."""
     with Image.open(io.BytesIO(data)) as img:
-        if img.width * img.height > MAX_PIXELS:  # before decoding: a decompression bomb never reaches memory
-            raise ValueError(f"{img.width}x{img.height} pixels is more than {MAX_PIXELS} (a decompression bomb?)")
+        if img.width * img.height > Image.MAX_IMAGE_PIXELS:  # before decoding: a decompression bomb never reaches memory
+            raise ValueError(f"{img.width}x{img.height} pixels is more than {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
         img.load()  # decode fully now: a truncated file fails here, not mid-training
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
@@ -190,8 +209,10 @@ def _stat(path: Path) -> tuple[int, int]:
     return s.st_size, s.st_mtime_ns
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):,.0f} MiB"
+def _no_room(folder: Path, need: int, free: int) -> JobError:
+    mib = lambda n: f"{n / (1 << 20):,.0f} MiB"  # noqa: E731
+    return JobError(f"the decoded data set needs {mib(need)} in the cache folder {folder}, which has {mib(free)} "
+                    "free: free space there, or set JOB_CACHE to a folder on a larger disk")
 
 
 def _reserve(path: str, nbytes: int, folder: Path) -> None:
@@ -202,8 +223,7 @@ def _reserve(path: str, nbytes: int, folder: Path) -> None:
             os.posix_fallocate(f.fileno(), 0, nbytes)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise JobError(f"the cache folder {folder} has no room for the decoded data set ({_mib(nbytes)}): free "
-                           "space there, or set JOB_CACHE to a folder on a larger disk") from None
+            raise _no_room(folder, nbytes, shutil.disk_usage(folder).free) from None
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: go on as before
             raise
 
@@ -213,8 +233,7 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
     folder = array_path.parent
     need, free = n * size * size * 3 + 4096, shutil.disk_usage(folder).free
     if need > free:
-        raise JobError(f"the decoded data set needs {_mib(need)} in the cache folder {folder}, which has {_mib(free)} "
-                       "free: free space there, or set JOB_CACHE to a folder on a larger disk")
+        raise _no_room(folder, need, free)
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
     os.close(fd)
     try:

@@ -33,6 +33,7 @@ class Experiment:
         self.storage = Location.parse(search.storage, s3)
         self.where = self.storage.join(search.name)
         self.journal_record = self.where.join(JOURNAL)
+        self.saved: dict | None = None  # the settings it was started with, as `check` found them
 
     def __str__(self) -> str:
         return str(self.where)
@@ -45,7 +46,7 @@ class Experiment:
         if unsafe:  # resuming unpickles Ray's state from here: whoever can write it can run code in this job
             raise BadInput(f"experiment storage {unsafe}: resuming would load files another user could have written; "
                            "use a --storage folder of your own (chmod go-w)")
-        saved = self.where.read_json(SETTINGS_FILE)
+        self.saved = saved = self.where.read_json(SETTINGS_FILE)
         if saved is None and self.where.has_files():
             raise BadInput(f"'{self}' exists but is not a job tune experiment: pick another --name or --storage")
         if saved is not None and not restart:
@@ -58,9 +59,9 @@ class Experiment:
         return saved is not None and not restart
 
     def check_data(self, fingerprint: str, restart: bool) -> None:
-        """A resumed experiment continues on the data it started with, never silently on other data."""
-        saved = self.where.read_json(SETTINGS_FILE) or {}
-        if not restart and saved.get("data_fingerprint", fingerprint) != fingerprint:
+        """A resumed experiment continues on the data it started with, never silently on other data (after `check`,
+        which read the settings)."""
+        if not restart and (self.saved or {}).get("data_fingerprint", fingerprint) != fingerprint:
             raise BadInput(f"the data changed since experiment '{self}' started (its files differ): resume with the "
                            "same data, pass --restart to start it over on this data, or pick another --name")
 
@@ -135,7 +136,6 @@ class Lock:
             return {}
 
     def acquire(self) -> None:
-        self.where.check_writable("storage")
         seen = None
         while not self.where.create_json(self.name, self._record()):
             holder = self._read()

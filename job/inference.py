@@ -63,10 +63,7 @@ def load(where: Location, cache: Path, device: str = "auto") -> Model:
     except RuntimeError:
         raise BadInput(f"the weights in {folder} do not fit a {manifest['model']} with {manifest['num_classes']} "
                        "classes: the bundle is damaged, export it again") from None
-    try:
-        prep = data.Preprocessing.from_dict(manifest["preprocessing"])
-    except (TypeError, ValueError):
-        raise BadInput(f"{folder / bundle.MANIFEST} has damaged preprocessing: export the bundle again") from None
+    prep = data.Preprocessing.from_dict(manifest["preprocessing"])  # checked with the manifest
     net.to(resolve_device(device)).to(memory_format=torch.channels_last).eval()  # as trained: the faster layout
     return Model(net, tuple(manifest["classes"]), prep, manifest)
 

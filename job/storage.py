@@ -255,9 +255,7 @@ class Store:
         return fetched
 
     def upload_folder(self, folder: Path, url: S3Url, last: str) -> None:
-        """Upload every file of `folder` below `url`, the file `last` (a manifest) after all others; an old copy of
-        `last` is deleted first, so a half-replaced upload is never taken as complete."""
-        self.delete(url.join(last))
+        """Upload every file of `folder` below `url`, the file `last` (a manifest) after all others."""
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix() == last):
             self.upload(path, url.join(path.relative_to(folder).as_posix()))
@@ -428,6 +426,7 @@ class Location:
         target = self.join(name)
         if self.remote:
             return target.store.write_json(target.url, value, only_new=True)
+        target.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.path.name}.", dir=target.path.parent)
         try:
             with os.fdopen(fd, "w") as f:

@@ -261,7 +261,8 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
         try:
             if error is not None:
                 raise error
-            experiment.check_data(prepared.result().fingerprint, restart)
+            fingerprint = prepared.result().fingerprint
+            experiment.check_data(fingerprint, restart)
             nodes = len([n for n in ray.nodes() if n.get("Alive")])
             if nodes > 1 and not experiment.storage.remote:
                 raise BadInput(f"the Ray cluster has {nodes} nodes but storage '{search_cfg.storage}' is local to one: "
@@ -269,7 +270,7 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
             if restart:
                 experiment.delete(cache)
             trials, best, state, resumed = _run(cfg, search_cfg, experiment, resume, progress, note, s3, cache,
-                                                prepared.result().fingerprint)
+                                                fingerprint)
         finally:
             # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
             ray.shutdown()
@@ -316,8 +317,9 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, res
     if stop.requested:
         raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
     cut = LIVE.view.active if search_cfg.time_budget_s else set()  # still running when the budget ran out
-    by_id = {Path(r.path).name.split("_", 2)[-1]: r for r in grid}
-    trials = sorted((_trial(r, cfg.epochs, cut, LIVE.study.space.names) for r in grid), key=lambda t: t.number)
+    pairs = [(_trial(r, cfg.epochs, cut, LIVE.study.space.names), r) for r in grid]
+    by_id = {t.trial_id: r for t, r in pairs}
+    trials = sorted((t for t, _ in pairs), key=lambda t: t.number)
     done = [t for t in trials if t.val_acc is not None]
     if not done:
         raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "

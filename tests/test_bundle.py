@@ -63,6 +63,9 @@ def test_swapped_weights_that_the_manifest_no_longer_lists_are_refused(copy, cac
     (lambda m: m.update(num_classes=5), "3 class names for num_classes 5"),
     (lambda m: m.update(format="other/1"), "format is 'other/1'"),
     (lambda m: m["preprocessing"].pop("mean"), "'preprocessing.mean'"),
+    (lambda m: m["preprocessing"].update(mean=["a", "b", "c"]), "'preprocessing.mean' must be 3 finite numbers"),
+    (lambda m: m["preprocessing"].update(image_size=-5), "'preprocessing.image_size'"),
+    (lambda m: m["preprocessing"].update(interpolation=["x"]), "'preprocessing.interpolation' must be one of"),
     (lambda m: m.update(files={"../../x": {"size": 1, "sha256": "0"}}), "files must list exactly model.pt"),
     (lambda m: m["files"]["model.pt"].update(size="big"), "integer size"),
 ])
