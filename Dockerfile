@@ -1,25 +1,23 @@
-# The GPU image of job:   docker build -t job .
-#                          docker run --rm --gpus all --shm-size=8g job          (the default search, offline)
+# The image of job (GPU and CPU alike):  docker build -t job .
+#                                         docker run --rm --gpus all --shm-size=8g job     (the default search, offline)
 # Every `job` argument after the image name replaces CMD, e.g. `docker run ... job train --epochs 3`.
-
-# PyTorch's own CUDA image, pinned to the torch/torchvision/CUDA that pyproject.toml pins (2.14.1, 0.29.1, CUDA 13.0).
-# For a reproducible build pin its digest as well: --build-arg BASE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime@sha256:...
-ARG BASE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
-
-# Fashion-MNIST, the offline default data set, from Debian's package: the same IDX files whatever the base is.
-FROM debian:bookworm-slim AS fashion-mnist
-RUN apt-get update \
- && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
- && rm -rf /var/lib/apt/lists/*
-
+#
+# Debian bookworm with Debian's Python 3.11, and torch/torchvision from PyPI at the versions pyproject.toml pins.
+# Those wheels carry CUDA's user-space libraries and the NVIDIA container toolkit brings the driver, so no CUDA base
+# image is needed. For a reproducible build pin the base's digest: --build-arg BASE=debian:bookworm-slim@sha256:...
+# (tests/test_image.py builds this same file from a local debootstrap copy of bookworm, the only change.)
+ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 
 # Writable places, all set here so that any user id works (OpenShift's random ids, `docker run --user`):
 # outputs under /work (the working directory; mount a volume there), caches under /cache, temporary files and
-# Ray's sockets under /tmp (its path must stay short). Nothing is written to $HOME.
+# Ray's sockets under /tmp (its path must stay short). Nothing is written to $HOME or anywhere else, so the root
+# file system may be read-only: `docker run --read-only --tmpfs /tmp -v $PWD/out:/work -v job-cache:/cache ...`.
 ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     JOB_CACHE=/cache \
     TORCH_HOME=/opt/torch \
     RAY_TMPDIR=/tmp \
@@ -29,15 +27,19 @@ ENV PYTHONUNBUFFERED=1 \
 # Thread counts: job sizes torch's threads and Ray's CPUs from the container's CPU limit (cgroup cpu.max), so no
 # OMP_NUM_THREADS is set here; set one to override.
 
-COPY --from=fashion-mnist /usr/share/datasets/fashion-mnist /usr/share/datasets/fashion-mnist
+# Debian's Python, the CA bundle (S3 over TLS) and Fashion-MNIST, the offline default data set, from Debian's package.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+        dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
 
-# Dependencies first, from pyproject.toml alone: a change to job's code does not reinstall them. torch and
-# torchvision are already in the base image at the pinned versions, so pip keeps them.
+# Dependencies first, from pyproject.toml alone: a change to job's code does not reinstall them.
 WORKDIR /opt/job
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
  && pip install -r requirements.txt \
- && python -c "import torch, torchvision; assert (torch.__version__.split('+')[0], torchvision.__version__.split('+')[0]) == ('2.14.1', '0.29.1'), 'base image torch/torchvision differ from pyproject.toml'"
+ && python -c "import torch, torchvision; assert (torch.__version__.split('+')[0], torchvision.__version__.split('+')[0]) == ('2.14.1', '0.29.1'), 'torch/torchvision differ from pyproject.toml'"
 
 # Then job itself, installed as a package (not editable).
 COPY README.md ./
@@ -52,7 +54,8 @@ ARG TORCHVISION_WEIGHTS=""
 RUN mkdir -p "$TORCH_HOME" \
  && if [ -n "$TORCHVISION_WEIGHTS" ]; then job models --download $TORCHVISION_WEIGHTS; fi \
  && job models --download efficientnet_lite0 \
- && chmod -R a+rX "$TORCH_HOME"
+ && chmod -R a+rX "$TORCH_HOME" \
+ && rm -rf /tmp/* /tmp/.[!.]*
 
 # A non-root user; the writable folders are open to any user id (group 0 as OpenShift expects, sticky like /tmp).
 RUN useradd --uid 1000 --gid 0 --no-create-home --shell /usr/sbin/nologin job \

@@ -37,6 +37,7 @@ class Plan:
     search: tuple[str, ...]  # job tune flags shared by the TPE+ASHA run and the random baseline
     trial: tuple[str, ...]  # the fixed trial run through job train and job tune
     startups: tuple[str, ...]  # job tune flags for the per-trial start-up run (one trial at a time)
+    sync_objects: int = 10_000  # objects in the data set synced from S3
 
 
 FIXED = ("--lr-range", "0.01,0.01", "--step-size-range", "2,2", "--gamma-range", "0.1,0.1")  # = job train's defaults
@@ -50,7 +51,7 @@ FULL = Plan(
               "--set", "builtin_val_per_class=10"),
 )
 SMOKE = Plan(
-    repeats=1, loop_image_size=32, loop_per_class=2, loop_compile=False,
+    sync_objects=200, repeats=1, loop_image_size=32, loop_per_class=2, loop_compile=False,
     search=("--epochs", "2", "--num-samples", "2", "--image-size", "32", "--set", "builtin_train_per_class=4",
             "--set", "builtin_val_per_class=2"),
     trial=("--epochs", "2", "--image-size", "32", "--set", "builtin_train_per_class=4", "--set", "builtin_val_per_class=2"),
@@ -212,11 +213,15 @@ def bench_storage(plan: Plan, run_folder: Path, table: Table, raw: dict) -> None
     with s3_server(folder) as server:
         os.environ.update(server.env)  # job's Store reads the standard variables, as a user's shell would set them
         runs = [storage.measure(server, run_folder) for _ in range(plan.repeats)]
-    raw["storage"] = runs
+        syncs = [storage.measure_mirror(server, plan.sync_objects) for _ in range(plan.repeats)]
+    raw["storage"], raw["sync"] = runs, syncs
     for what in runs[0]:
         job = median(r[what][0] for r in runs)
         ref = median(r[what][1] for r in runs)
         table.add("storage", what, job, "one boto3 upload_file/download_file", ref, "MB/s")
+    job, ref = median(s[0] for s in syncs), median(s[1] for s in syncs)
+    table.add("storage", f"data set sync from S3 ({plan.sync_objects:,} objects of 2 kB)", job,
+              "one object at a time (job before 2026-11-29)", ref, "objects/s", ">= 10x", job >= 10 * ref)
 
 
 # ---- output --------------------------------------------------------------------------------------------------------

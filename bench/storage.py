@@ -66,3 +66,40 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
         shutil.rmtree(scratch, ignore_errors=True)
     return results
 
+
+
+def measure_mirror(server, objects: int = 10_000, size: int = 2_000) -> tuple[float, float]:
+    """(job objects/s, reference objects/s) for syncing a data set of `objects` small files from S3: job's
+    Store.mirror (how every Ray node pulls an s3:// data set) against the one-at-a-time loop it replaced (a listing,
+    then boto3's download_file for each object in turn)."""
+    import concurrent.futures
+    import os
+
+    client, bucket = server.client(), server.bucket()
+    payload = os.urandom(size)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:  # setup, not measured
+        list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"data/c{i % 10}/{i:05d}.png", Body=payload),
+                      range(objects)))
+    store = Location.parse(f"s3://{bucket}/data").store
+    scratch = Path(tempfile.mkdtemp(prefix="job-bench-sync-"))
+    try:
+        store.check_writable(S3Url(bucket, "probe"))  # connected before any timing
+        start = time.perf_counter()
+        fetched = store.mirror(S3Url(bucket, "data"), scratch / "job")
+        job = fetched / (time.perf_counter() - start)
+
+        def one_at_a_time():
+            keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="data/")
+                    for o in page.get("Contents", [])]
+            for key in keys:
+                target = scratch / "ref" / key
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, key, str(target))
+            return len(keys)
+
+        start = time.perf_counter()
+        ref = one_at_a_time() / (time.perf_counter() - start)
+        assert fetched == objects
+        return job, ref
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -35,23 +35,30 @@ class Trial:
            cut_by_budget: set[str]) -> Trial:
         """A trial from its folder name (trial_<number>_<id>), settings, per-epoch history and error, if any."""
         _, number, trial_id = (folder.split("_", 2) + ["0", folder])[:3]
+        history = _by_epoch(history)
         best = max(history, key=lambda h: h[metric]) if history else None  # the first of equals, as Fit keeps it
         if error:
             status = "errored"
-        elif len(history) >= max_epochs:
+        elif history and int(history[-1]["epoch"]) >= max_epochs:
             status = "completed"
         elif trial_id in cut_by_budget:
             status = "stopped (time budget)"
         else:
             status = "stopped early (ASHA)"
         return cls(number=int(number) if number.isdigit() else 0, trial_id=trial_id, params=params,
-                   epochs=len(history), val_acc=best[metric] if best else None,
+                   epochs=int(history[-1]["epoch"]) if history else 0, val_acc=best[metric] if best else None,
                    best_epoch=int(best["epoch"]) if best else None, status=status, error=error, history=history)
 
     def row(self) -> dict:
         """As the user sees it (trials.csv, --json): the settings flattened in, no per-epoch history."""
         return {"number": self.number, "trial_id": self.trial_id, **self.params, "epochs": self.epochs,
                 "val_acc": self.val_acc, "best_epoch": self.best_epoch, "status": self.status, "error": self.error}
+
+
+def _by_epoch(history: list[dict]) -> list[dict]:
+    """One row per epoch in epoch order, the last recorded winning: a trial retried from a checkpoint reports the
+    epochs after it again."""
+    return sorted({int(h["epoch"]): h for h in history}.values(), key=lambda h: int(h["epoch"]))
 
 
 def rank(t: Trial) -> tuple:
@@ -70,9 +77,13 @@ def best_readable(done: list[Trial], state_of, metric: str, where: str) -> tuple
         except (FileNotFoundError, JobError):
             say(f"warning: trial {t.trial_id} ({metric} {t.val_acc:.4f}) has no readable checkpoint left: passed over")
             continue
-        at_best = [h for h in t.history if int(h["epoch"]) == state["best_epoch"]]
-        if at_best:  # the checkpoint's best epoch, which the recorded history may run past after a kill
-            return dataclasses.replace(t, best_epoch=state["best_epoch"], val_acc=at_best[0][metric]), state
+        # The checkpoint's history is whole up to its epoch; the one Ray recorded may lack epochs (a trial retried
+        # after a lost node) or run past it (a kill before the checkpoint was saved).
+        history = _by_epoch([*t.history, *state.get("history", [])])
+        at_best = [h for h in history if int(h["epoch"]) == state["best_epoch"]]
+        if at_best:
+            return dataclasses.replace(t, best_epoch=state["best_epoch"], val_acc=at_best[0][metric],
+                                       history=history), state
         say(f"warning: trial {t.trial_id}: its checkpoint does not match its recorded epochs: passed over")
     raise JobError(f"no trial has a readable checkpoint under {where}: run again with --restart")
 

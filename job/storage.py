@@ -8,6 +8,7 @@ the same endpoint and credentials explicitly. Every call has bounded timeouts an
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -26,6 +27,8 @@ from job.files import inside, sha256, write_atomic, write_json
 
 SCHEME = "s3://"
 PROBE = ".job-write-probe"
+MULTIPART = 8 << 20  # bytes: larger objects go up and down in parts
+MIRROR_THREADS = 16  # objects fetched at once when a data set is mirrored
 
 
 def is_s3(location: str | os.PathLike | None) -> bool:
@@ -87,6 +90,7 @@ class Store:
 
             config = Config(
                 connect_timeout=5, read_timeout=60, retries={"max_attempts": 4, "mode": "standard"},
+                max_pool_connections=MIRROR_THREADS,
                 s3={"addressing_style": "path" if self.endpoint.path_style else "auto"},
             )
             self._client = boto3.session.Session().client(
@@ -204,17 +208,29 @@ class Store:
 
         digest = sha256(path)
         self._call("uploading to", url, self.client.upload_file, Filename=str(path), Bucket=url.bucket, Key=url.key,
-                   ExtraArgs={"Metadata": {"sha256": digest}}, Config=TransferConfig(multipart_threshold=8 << 20))
+                   ExtraArgs={"Metadata": {"sha256": digest}}, Config=TransferConfig(multipart_threshold=MULTIPART))
         head = self._call("checking", url, self.client.head_object, Bucket=url.bucket, Key=url.key)
         if head["ContentLength"] != path.stat().st_size or head.get("Metadata", {}).get("sha256") != digest:
             raise JobError(f"{url} does not read back as uploaded (size or SHA-256 differs): run the command again")
 
-    def download(self, url: S3Url, path: Path) -> None:
+    def download(self, url: S3Url, path: Path, size: int | None = None) -> None:
+        """Download one object to `path` (through a temporary file beside it). An object known to be small is one
+        GET; others go through boto3's transfer manager (a HEAD, then ranged GETs in parallel)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         try:
-            self._call("downloading", url, self.client.download_file, Bucket=url.bucket, Key=url.key, Filename=tmp)
+            if size is not None and size < MULTIPART:
+                def get():
+                    with open(tmp, "wb") as f:
+                        shutil.copyfileobj(self.client.get_object(Bucket=url.bucket, Key=url.key)["Body"], f, 1 << 20)
+
+                self._call("downloading", url, get)
+                if os.path.getsize(tmp) != size:
+                    raise JobError(f"{url} changed while it was downloaded (size {os.path.getsize(tmp)}, listed "
+                                   f"{size}): run again")
+            else:
+                self._call("downloading", url, self.client.download_file, Bucket=url.bucket, Key=url.key, Filename=tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -233,26 +249,39 @@ class Store:
 
     def mirror(self, url: S3Url, folder: Path) -> int:
         """Mirror every object below `url` into `folder`; unchanged objects (same size and ETag) are not fetched
-        again. Returns how many objects were downloaded."""
+        again. Returns how many objects were downloaded.
+
+        Objects are fetched MIRROR_THREADS at a time over the one (thread-safe) client: a data set is many small
+        objects, each a round trip; one at a time, 10,000 of them took ~19x as long (bench/, storage section)."""
         index_path = folder / ".job-sync.json"
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        try:
+            index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        except ValueError:
+            index = {}  # a damaged index only costs a fresh download
         remote = {k: v for k, v in self.listing(url).items() if not k.endswith("/") and k != PROBE}
         if not remote:
             raise BadInput(f"{url} holds no objects at {self.endpoint.describe()}: upload the data set first, or check the prefix")
-        fetched = 0
-        for rel, (size, etag) in sorted(remote.items()):
-            local = inside(folder, rel)  # a key is data, never a path to trust
-            if index.get(rel) == [size, etag] and local.is_file() and local.stat().st_size == size:
-                continue
-            self.download(url.join(rel), local)
-            index[rel] = [size, etag]
-            fetched += 1
-        for rel in set(index) - set(remote):  # gone upstream: drop our copy (only ever files we fetched)
-            inside(folder, rel).unlink(missing_ok=True)
-            del index[rel]
-        folder.mkdir(parents=True, exist_ok=True)
-        index_path.write_text(json.dumps(index))
-        return fetched
+        local = {rel: inside(folder, rel) for rel in remote}  # a key is data, never a path to trust: all checked first
+        todo = [rel for rel, (size, etag) in sorted(remote.items())
+                if not (index.get(rel) == [size, etag] and local[rel].is_file() and local[rel].stat().st_size == size)]
+        try:
+            with concurrent.futures.ThreadPoolExecutor(MIRROR_THREADS) as pool:
+                jobs = {pool.submit(self.download, url.join(rel), local[rel], remote[rel][0]): rel for rel in todo}
+                try:
+                    for done in concurrent.futures.as_completed(jobs):
+                        done.result()
+                        index[jobs[done]] = list(remote[jobs[done]])
+                except BaseException:
+                    for job in jobs:
+                        job.cancel()
+                    raise
+        finally:
+            for rel in set(index) - set(remote):  # gone upstream: drop our copy (only ever files we fetched)
+                inside(folder, rel).unlink(missing_ok=True)
+                del index[rel]
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(index_path, json.dumps(index))  # what was fetched counts, even when the sync fails midway
+        return len(todo)
 
     def upload_folder(self, folder: Path, url: S3Url, last: str) -> None:
         """Upload every file of `folder` below `url`, the file `last` (a manifest) after all others."""

@@ -69,6 +69,7 @@ class Study:
                         if RAY_TRIAL_ID in t.user_attrs and t.user_attrs[RAY_TRIAL_ID] not in lost}
         self.asked: dict[str, optuna.Trial] = {}  # trials asked by this process: they take intermediate values
         self.seen: dict[str, list[float]] = {}  # every finite value of the metric reported here, per trial
+        self.reported: dict[str, set[int]] = {}  # the steps told to Optuna, per trial
         self.unrecorded: set[str] = set()  # trials the experiment holds that the journal does not (see reconcile)
 
     def ask(self, key: str) -> dict | None:
@@ -90,7 +91,9 @@ class Study:
         if value is None or not math.isfinite(value):
             return
         self.seen.setdefault(key, []).append(float(value))
-        if key in self.asked:
+        steps = self.reported.setdefault(key, set())
+        if key in self.asked and step not in steps:  # a trial retried from a checkpoint reports its epochs again
+            steps.add(step)
             self.asked[key].report(float(value), step)
 
     def tell(self, key: str, steps: int, metrics: dict | None, failed: bool) -> None:

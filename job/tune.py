@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -49,6 +50,7 @@ RAY_ENVIRONMENT = {
     "RAY_AIR_NEW_OUTPUT": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_MAX_PENDING_TRIALS_PG": "1",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
     "RAY_DEDUP_LOGS": "0", "RAY_worker_niceness": "0", "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_IGNORE_UNHANDLED_ERRORS": "1",  # a lost node's actor errors are trial retries (a progress line), not tracebacks
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
 }
 
@@ -56,16 +58,23 @@ RAY_ENVIRONMENT = {
 # ---- inside a Ray worker ---------------------------------------------------------------------------------------
 
 
-def trainable(sampled: dict, base: dict, cache: str, threads: int, s3: dict) -> None:
-    """Ray Tune function trainable: one trial = one `Fit` with the sampled settings."""
+def trainable(sampled: dict, base: dict, threads: int, s3: dict) -> None:
+    """Ray Tune function trainable: one trial = one `Fit` with the sampled settings. The data set is decoded into
+    the cache of the node it runs on (that node's JOB_CACHE)."""
     import torch
 
     diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED
     if diverged.is_file():  # Ray retries a failed trial from its checkpoint, which would diverge the same way again
         raise Diverged(diverged.read_text())
     torch.set_num_threads(threads)  # no oversubscription: as many threads as CPUs given to the trial
+    gpus = ray.get_gpu_ids()
+    if gpus and base["device"] != "cpu" and not torch.cuda.is_available():  # never train on the CPU in silence
+        raise JobError(f"Ray gave this trial GPU {', '.join(map(str, gpus))} on {socket.gethostname()}, but torch sees "
+                       f"no CUDA device there (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, "
+                       f"torch {torch.__version__}): check that node's NVIDIA driver and container runtime, "
+                       "or pass --device cpu")
     cfg = TrainConfig.from_dict(base | sampled)
-    s = run.setup(cfg, Path(cache), s3=S3Config.from_dict(s3))
+    s = run.setup(cfg, run.cache_dir(), s3=S3Config.from_dict(s3))
     restored = tune.get_checkpoint()
     if restored:
         with restored.as_directory() as folder:
@@ -150,8 +159,31 @@ class ProgressEvents(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         LIVE.view.trial_ended(trial.trial_id, int(trial.last_result.get("epoch", 0)), _counts(trials))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        node, reason = _failure(trial)
+        LIVE.view.trial_retried(trial.trial_id, node or str(last.get("node_ip") or ""), int(last.get("epoch", 0)),
+                                _counts(trials), reason)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
+
+
+def _failure(trial) -> tuple[str, str]:
+    """(node address, reason) of a trial's latest failure, from the error file Ray keeps beside the driver (the copy
+    in storage is written later): a lost node is one line, not Ray's ActorDiedError text."""
+    try:
+        text = Path(trial.error_file).read_text().rsplit("Failure # ", 1)[-1]
+    except (OSError, TypeError):
+        return "", ""
+    node = re.search(r"^\s*ip: (\S+)", text, re.M)
+    if "node has died" in text or "node was terminated" in text:
+        reason = "its node died"
+    elif "ActorDiedError" in text or "actor died" in text.lower():
+        reason = "its worker process died"
+    else:
+        reason = _reason(text)
+    return (node.group(1) if node else ""), reason
 
 
 def _reason(error) -> str:
@@ -202,6 +234,39 @@ def _start_ray() -> None:
         ray.init(address="local", num_cpus=cpus.available(), **common)  # a container's CPU limit, not the host's
 
 
+def _prepare_here(cfg: TrainConfig, cache: Path, s3: S3Config | None, note) -> str:
+    """Ray starts (seconds) while the driver checks the data set and the model and decodes the data once for every
+    trial on this machine: bad data fails before any trial. On the CPU: the driver needs no GPU. Returns the data's
+    fingerprint."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        note("preparing the data set (decoded once, shared by every trial on this machine)")
+        prepared = pool.submit(run.setup, dataclasses.replace(cfg, device="cpu"), cache, s3=s3)
+        try:
+            _start_ray()
+        finally:
+            error = prepared.exception()  # waits for the preparation either way
+    if error is not None:
+        raise error
+    return prepared.result().fingerprint
+
+
+def _prepare_remotely(cfg: TrainConfig, s3: S3Config | None, note) -> str:
+    """On a cluster the driver may run where no trial does (KubeRay's head has no CPUs for trials): it neither
+    syncs nor decodes the data. One task on a node with CPUs checks and decodes it there, where trials would decode
+    it anyway, so bad data still fails before any trial. Returns the data's fingerprint."""
+    _start_ray()
+    note("preparing the data set on a worker node (decoded once there, shared by the trials on it)")
+    task = ray.remote(num_cpus=1, max_retries=1)(_fingerprint)
+    try:
+        return ray.get(task.remote(dataclasses.replace(cfg, device="cpu"), s3))
+    except ray.exceptions.RayTaskError as e:
+        raise e.cause from None  # job's own error (bad data, no credentials on that node), not Ray's wrapping
+
+
+def _fingerprint(cfg: TrainConfig, s3: S3Config | None) -> str:
+    return run.setup(cfg, run.cache_dir(), s3=s3).fingerprint  # in the cache of the node it runs on
+
+
 def _probe(address: str, timeout: float = 5.0) -> None:
     """Fail within seconds when RAY_ADDRESS does not answer: ray.init would wait for minutes."""
     if address in ("auto", "local"):
@@ -248,20 +313,9 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
         _probe(os.environ["RAY_ADDRESS"])
     cache = run.cache_dir()
     with Lock(experiment, note=note), _environment():
-        # Ray starts (seconds) while the driver checks the data set and the model and decodes the data once for every
-        # trial on this machine: bad data fails before any trial. On the CPU: the driver may run where the trials'
-        # GPUs are not (a KubeRay head node), and needs none.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            note("preparing the data set (decoded once, shared by every trial on this machine)")
-            prepared = pool.submit(run.setup, dataclasses.replace(cfg, device="cpu"), cache, s3=s3)
-            try:
-                _start_ray()
-            finally:
-                error = prepared.exception()  # waits for the preparation either way
         try:
-            if error is not None:
-                raise error
-            fingerprint = prepared.result().fingerprint
+            fingerprint = _prepare_remotely(cfg, s3, note) if os.environ.get("RAY_ADDRESS") else \
+                _prepare_here(cfg, cache, s3, note)
             experiment.check_data(fingerprint, restart)
             nodes = len([n for n in ray.nodes() if n.get("Alive")])
             if nodes > 1 and not experiment.storage.remote:
@@ -301,8 +355,8 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, res
                        on_change=lambda: experiment.save_journal(cache))
     LIVE.view = SearchView(search_cfg.num_samples, cfg.epochs, METRIC, enabled=progress)
     LIVE.reconciled = False
-    fn = tune.with_resources(tune.with_parameters(trainable, base=cfg.to_dict(), cache=str(cache),
-                                                  threads=resources["cpu"], s3=(s3 or S3Config()).to_dict()), resources)
+    fn = tune.with_resources(tune.with_parameters(trainable, base=cfg.to_dict(), threads=resources["cpu"],
+                                                  s3=(s3 or S3Config()).to_dict()), resources)
     # Ray's local workers inherited the credentials when Ray started; Tune would copy them from here into each
     # trial's runtime_env, which Ray's agent writes into its logs (storage.secrets_out_of_environment)
     with storage.secrets_out_of_environment(), signals.Stop(on_request=_ask_ray_to_stop, restore=(signal.SIGUSR1,)) as stop:
@@ -325,6 +379,7 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, res
         raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
                        f"see {experiment} for each trial's error")
     best, state = results.best_readable(done, lambda t: _checkpoint_state(by_id[t.trial_id]), METRIC, str(experiment))
+    trials = [best if t.trial_id == best.trial_id else t for t in trials]  # with its checkpoint's whole history
     return trials, best, state, resumed
 
 

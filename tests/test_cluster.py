@@ -1,0 +1,169 @@
+"""`job tune` on a Ray cluster of several nodes: real raylets on this machine (`ray.cluster_utils.Cluster`), the
+experiment, the data and the output on the test S3 server, `job tune` joined through RAY_ADDRESS as a KubeRay
+driver is. Nodes are removed while trials run on them; GPUs are advertised by nodes that have none."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+from tests.conftest import RESNET, TINY, make_folder, start_job
+
+SLOW = [*RESNET, "--epochs", "8", "--set", "startup_trials=2"]  # epochs of a second or more: time to lose a node
+
+
+@pytest.fixture
+def cluster(s3_server, monkeypatch):
+    """A head without CPUs (KubeRay's head runs the driver only) and what the test adds. Every node has the S3
+    credentials in its environment, as KubeRay's pods have them from their Secret."""
+    from ray.cluster_utils import Cluster
+
+    home = Path(tempfile.mkdtemp(prefix="job-cl-", dir="/tmp"))  # Ray's socket paths must stay short
+    for key, value in {**s3_server.env, "RAY_TMPDIR": str(home), "RAY_USAGE_STATS_ENABLED": "0"}.items():
+        monkeypatch.setenv(key, value)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        yield c, home
+    finally:
+        c.shutdown()
+
+
+def upload(s3_server, folder: Path) -> tuple[str, str]:
+    """A folder of images as an s3:// data set in a new bucket: (bucket, url)."""
+    bucket = s3_server.bucket()
+    client = s3_server.client()
+    for f in folder.rglob("*.png"):
+        client.upload_file(str(f), bucket, f"data/{f.relative_to(folder).as_posix()}")
+    return bucket, f"s3://{bucket}/data"
+
+
+@pytest.fixture(scope="module")
+def s3_data(s3_server, images):
+    return upload(s3_server, images)
+
+
+@pytest.fixture(scope="module")
+def s3_slow_data(s3_server, tmp_path_factory):
+    """Enough images for epochs of a second or more (with SLOW): time for a test to act while trials run."""
+    return upload(s3_server, make_folder(tmp_path_factory.mktemp("slow-data"), classes=3, per_class=40))
+
+
+def start_tune(c, home: Path, args: list[str]) -> subprocess.Popen:
+    """`job tune ARGS` joined to the cluster as KubeRay's driver is (RAY_ADDRESS), with a cache of its own."""
+    return start_job(["tune", *args], env={"RAY_ADDRESS": c.address, "JOB_CACHE": str(home / "cache")}, cwd=home,
+                     stdout=subprocess.PIPE)
+
+
+def test_a_search_survives_losing_a_node_and_says_so_in_one_line(cluster, s3_server, s3_slow_data):
+    c, home = cluster
+    bucket, data = s3_slow_data
+    workers = [c.add_node(num_cpus=1) for _ in range(2)]
+    c.wait_for_nodes()
+    p = start_tune(c, home, ["--data", data, *SLOW, "--num-samples", "4", "--storage", f"s3://{bucket}/ray",
+                             "--output", f"s3://{bucket}/best"])
+    lines, running, removed = [], set(), False
+    for line in p.stderr:
+        lines.append(line)
+        running.update(re.findall(r"\] (\w+) .* epoch \d/8 .*\| 2 running", line))
+        running -= set(re.findall(r"\] (\w+) (?:completed|stopped)", line))
+        if not removed and len(running) == 2:  # both nodes run a trial that has a checkpoint: take one away
+            c.remove_node(workers[1])
+            removed = True
+            c.add_node(num_cpus=1)  # the replacement pod
+    out, _ = p.communicate(timeout=600)
+    log = "".join(lines)
+    assert p.returncode == 0, log[-4000:]
+    assert removed
+    lost = [line for line in lines if " lost on node " in line]
+    assert len(lost) == 1 and re.search(r"lost on node [\d.]+ \(its node died\): retried from its epoch [1-8] ", lost[0]), log[-4000:]
+    assert "Traceback" not in log and "ActorDiedError" not in log and "Warning" not in log, log[-4000:]
+
+    client = s3_server.client()
+    trials = json.loads(client.get_object(Bucket=bucket, Key="best/trials.json")["Body"].read())
+    assert len(trials) == 4 and all(t["status"] != "errored" for t in trials), trials
+    for t in trials:  # no trial started again from scratch: each trial's first epoch reported once
+        assert sum(f"{t['trial_id']} " in line and " epoch 1/8 " in line for line in lines) == 1, (t, log[-4000:])
+        assert t["epochs"] == 8 or t["status"] == "stopped early (ASHA)", t
+        assert [h["epoch"] for h in t["history"]] == list(range(1, t["epochs"] + 1)) or t["trial_id"] in lost[0], t
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "best/best/bundle.json" in keys and "best/trials.csv" in keys
+
+
+def test_the_driver_on_a_cpu_less_head_neither_syncs_nor_decodes_the_data(cluster, s3_data):
+    """The nodes have their own cache (JOB_CACHE in their environment, as a worker pod's volume); the driver's
+    stays empty: a worker node syncs and decodes the data, once, and its trials use that."""
+    c, home = cluster
+    bucket, data = s3_data
+    os.environ["JOB_CACHE"] = str(home / "node-cache")  # the raylet started next, and its workers, take this one
+    try:
+        c.add_node(num_cpus=1)
+    finally:
+        del os.environ["JOB_CACHE"]
+    c.wait_for_nodes()
+    p = start_tune(c, home, ["--data", data, *TINY, "--epochs", "1", "--num-samples", "1", "--storage",
+                             f"s3://{bucket}/ray-2", "--output", f"s3://{bucket}/best-2"])
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert "preparing the data set on a worker node" in err
+    driver_cache = home / "cache"
+    assert not (driver_cache / "prepared").exists() and not list(driver_cache.glob("s3/**/*.png")), \
+        sorted(str(p) for p in driver_cache.rglob("*"))[:20]
+    assert len(list((home / "node-cache" / "prepared").glob("*.npy"))) == 2  # train and val, decoded once
+
+
+def test_bad_data_fails_before_any_trial_with_the_workers_message(cluster, s3_server):
+    c, home = cluster
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    bucket = s3_server.bucket()
+    s3_server.client().put_object(Bucket=bucket, Key="data/only/one.png", Body=b"not a png")
+    p = start_tune(c, home, ["--data", f"s3://{bucket}/data", *TINY, "--epochs", "1", "--num-samples", "1",
+                             "--storage", f"s3://{bucket}/ray", "--output", f"s3://{bucket}/best"])
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and "RayTaskError" not in err, err[-3000:]
+    assert re.search(r"^job: error: .*", err, re.M), err[-3000:]
+    assert " epoch " not in err  # no trial ran
+
+
+def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(cluster, s3_slow_data):
+    """A node that advertises one GPU (it has none: --device cpu trains on its CPUs): two trials share it at once."""
+    c, home = cluster
+    bucket, data = s3_slow_data
+    c.add_node(num_cpus=2, num_gpus=1)
+    c.wait_for_nodes()
+    p = start_tune(c, home, ["--data", data, *SLOW, "--epochs", "3", "--num-samples", "2", "--gpus-per-trial", "0.5",
+                             "--device", "cpu", "--storage", f"s3://{bucket}/ray-3", "--output", f"s3://{bucket}/best-3"])
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert "2 trials, 2 at a time, 1 CPU + 0.5 GPU each" in err, err[-3000:]
+    assert re.search(r"\| 2 running,", err), err[-3000:]  # both at once
+
+
+def test_more_gpus_per_trial_than_one_are_refused_before_ray_starts(cluster, s3_data):
+    c, home = cluster
+    bucket, data = s3_data
+    p = start_tune(c, home, ["--data", data, *TINY, "--gpus-per-trial", "2", "--storage", f"s3://{bucket}/ray-4",
+                             "--output", f"s3://{bucket}/best-4"])
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "gpus_per_trial = 2" in err and "Traceback" not in err, err[-3000:]
+
+
+def test_a_trial_given_a_gpu_that_torch_cannot_use_fails_clearly(cluster, s3_data):
+    c, home = cluster
+    bucket, data = s3_data
+    c.add_node(num_cpus=1, num_gpus=1)  # a GPU Ray counts and torch cannot see (no driver on the node)
+    c.wait_for_nodes()
+    p = start_tune(c, home, ["--data", data, *TINY, "--epochs", "1", "--num-samples", "1", "--set", "max_failures=0",
+                             "--storage", f"s3://{bucket}/ray-5", "--output", f"s3://{bucket}/best-5"])
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 1, err[-3000:]
+    assert "torch sees no CUDA device" in err and "--device cpu" in err and "Traceback" not in err, err[-3000:]

@@ -1,0 +1,207 @@
+"""The container image, built and run here without a Docker engine: the project's own Dockerfile built by buildah
+(`--isolation chroot`, vfs storage) from a local debootstrap copy of its base (Debian bookworm; registries cannot be
+reached here, and the base's source is the only thing swapped), then run as uid 1000 with no network: `job --help`,
+`job train`, `job tune` and `job evaluate` of their outputs, every write in the folders the Dockerfile declares.
+And the README's quickstart, run as written in a fresh Debian root made by the same debootstrap.
+
+Needs root, buildah, debootstrap and unshare (`.ci/run` installs them). Selected by `-m image`; the build takes
+about 9 minutes on 2 cores, the debootstrap root is cached (keyed by its inputs) under ~/.cache/job-tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.image, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE, VARIANT, MIRROR = "bookworm", "minbase", "http://deb.debian.org/debian"
+IMAGE = "localhost/job:test"
+BUILDAH = ["buildah", "--storage-driver", "vfs"]
+UID = 1000
+
+
+def _need_tools() -> None:
+    missing = [t for t in ("buildah", "debootstrap", "unshare", "ip") if shutil.which(t) is None]
+    if missing or os.geteuid() != 0:
+        pytest.fail(f"the image tests need root and {', '.join(missing) or 'nothing more'}: run them as root after "
+                    "`apt-get install buildah debootstrap iproute2` (or deselect them with -m 'not image')")
+
+
+def _run(cmd: list[str], timeout: float = 1800, **kwargs) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert r.returncode == 0, f"{' '.join(cmd[:6])}... exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def rootfs_tarball() -> Path:
+    """Debian bookworm (minbase) made by debootstrap, as a tarball; made once per set of inputs and cached."""
+    version = _run(["debootstrap", "--version"]).stdout.strip()
+    key = hashlib.sha256(json.dumps([SUITE, VARIANT, MIRROR, version]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "job-tests"
+    tarball = cache / f"debian-{SUITE}-{VARIANT}-{key}.tar"
+    if not tarball.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        work = cache / f"rootfs-{key}.partial"
+        shutil.rmtree(work, ignore_errors=True)
+        _run(["debootstrap", f"--variant={VARIANT}", SUITE, str(work), MIRROR])
+        _run(["tar", "--numeric-owner", "-C", str(work), "-cf", f"{tarball}.partial", "."])
+        os.replace(f"{tarball}.partial", tarball)  # a half-written tarball is never taken as finished
+        shutil.rmtree(work)
+    return tarball
+
+
+def base_image(tmp: Path) -> str:
+    """The local copy of the Dockerfile's base (`debian:bookworm-slim`): FROM scratch + the debootstrap root."""
+    tarball = rootfs_tarball()
+    tag = f"localhost/job-base:{tarball.stem.rsplit('-', 1)[-1]}"
+    if subprocess.run([*BUILDAH, "inspect", "--type", "image", tag], capture_output=True).returncode != 0:
+        context = tmp / "base"
+        context.mkdir()
+        os.link(tarball, context / "rootfs.tar")
+        (context / "Containerfile").write_text('FROM scratch\nADD rootfs.tar /\nCMD ["bash"]\n')
+        _run([*BUILDAH, "build", "--isolation", "chroot", "-t", tag, str(context)])
+    return tag
+
+
+def build_mounts(tmp: Path) -> list[str]:
+    """`-v` options that give pip inside the build this machine's package sources: its CA bundle (package traffic
+    here is TLS-intercepted) and its pip settings, with the local folders they name. A build elsewhere needs none."""
+    settings = _run([sys.executable, "-m", "pip", "config", "list"]).stdout.splitlines()
+    options, mounts = {}, {}
+    for line in settings:
+        name, _, value = line.partition("=")
+        name, value = name.rsplit(".", 1)[-1], value.strip().strip("'\"")
+        if name == "cert":
+            continue
+        options[name] = value
+        for token in value.split():
+            path = Path(token.removeprefix("file://"))
+            if path.is_absolute() and path.exists():
+                top = path.parent if name.endswith("index-url") else path  # an index's files lie beside it
+                mounts[str(top)] = str(top)
+    cafile = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    mounts[cafile] = "/run/job-build-ca.crt"
+    conf = tmp / "pip.conf"
+    conf.write_text("[global]\ncert = /run/job-build-ca.crt\n" + "".join(f"{k} = {v}\n" for k, v in options.items()))
+    mounts[str(conf)] = "/etc/pip.conf"
+    return [arg for src, dst in mounts.items() for arg in ("-v", f"{src}:{dst}:ro")]
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    _need_tools()
+    if os.environ.get("JOB_TEST_IMAGE"):  # an image built earlier from this Dockerfile: runs it without a rebuild
+        yield os.environ["JOB_TEST_IMAGE"]
+        return
+    tmp = tmp_path_factory.mktemp("image")
+    base = base_image(tmp)
+    started = time.monotonic()
+    _run([*BUILDAH, "build", "--isolation", "chroot", "--layers=false", "--build-arg", f"BASE={base}",
+          *build_mounts(tmp), "-t", IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT)])
+    seconds = time.monotonic() - started
+    size = json.loads(_run([*BUILDAH, "images", "--json", IMAGE]).stdout)[0]["size"]
+    print(f"image built in {seconds:.0f} s, {size}", file=sys.stderr)
+    yield IMAGE
+    subprocess.run([*BUILDAH, "rmi", "-f", IMAGE], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def container(image, tmp_path_factory):
+    """A working container of the image, and host folders for its declared writable places, owned by uid 1000."""
+    name = _run([*BUILDAH, "from", "--pull-never", image]).stdout.strip().splitlines()[-1]
+    host = tmp_path_factory.mktemp("volumes")
+    for folder in ("work", "cache", "tmp"):
+        (host / folder).mkdir()
+        os.chown(host / folder, UID, 0)
+    yield name, host
+    subprocess.run([*BUILDAH, "rm", name], capture_output=True)
+
+
+def run_in(container, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`args` in the container as uid 1000, in a network namespace of its own with loopback only (nothing can be
+    downloaded), the image's writable folders bound to host folders."""
+    name, host = container
+    binds = [arg for folder in ("work", "cache", "tmp") for arg in ("-v", f"{host / folder}:/{folder}")]
+    cmd = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+           *BUILDAH, "run", "--isolation", "chroot", "--user", str(UID), *binds, name, "--", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_image_answers_help_as_a_non_root_user(container):
+    r = run_in(container, "job", "--help")
+    assert r.returncode == 0 and "tune" in r.stdout, r.stderr
+    r = run_in(container, "id", "-u")
+    assert r.stdout.strip() == str(UID)
+
+
+def test_train_tune_and_evaluate_offline_write_only_the_declared_folders(container):
+    name, host = container
+    rootfs = Path(_run([*BUILDAH, "mount", name]).stdout.strip())
+    marker = host / "started"
+    marker.touch()
+    time.sleep(1.1)  # mtimes after this are the runs' own
+
+    r = run_in(container, "job", "train", "--epochs", "1", "--output", "/work/train")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (host / "work/train/best/bundle.json").is_file()
+    r = run_in(container, "job", "tune", "--num-samples", "2", "--epochs", "1", "--output", "/work/tune", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(json.loads(r.stdout)["trials"]) == 2 and (host / "work/tune/best/bundle.json").is_file()
+    r = run_in(container, "job", "evaluate", "/work/tune", "--data", "fashion-mnist", "--output", "/work/eval", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 0 <= json.loads(r.stdout)["val_acc"] <= 1
+
+    # every file the runs wrote is uid 1000's, in the bound folders; the image's own file system is as it was
+    written = [p for p in host.rglob("*") if p.lstat().st_mtime > marker.stat().st_mtime]
+    assert written and all(p.lstat().st_uid == UID for p in written), [p for p in written if p.lstat().st_uid != UID]
+    changed = _run(["find", str(rootfs), "-xdev", "-newer", str(marker), "-not", "-type", "d"]).stdout.split()
+    changed += [d for d in _run(["find", str(rootfs), "-xdev", "-newer", str(marker), "-type", "d"]).stdout.split()
+                if d not in {str(rootfs / f) for f in ("work", "cache", "tmp")}]
+    assert not changed, changed[:20]
+
+
+def quickstart_command() -> str:
+    """The one command of the README's quickstart, as written."""
+    section = (ROOT / "README.md").read_text().split("## Quickstart", 1)[1]
+    return re.search(r"```bash\n(.+?)\n```", section, re.S).group(1).strip()
+
+
+def test_the_readme_quickstart_runs_as_written_in_a_fresh_debian_root(tmp_path):
+    """The quickstart in a fresh bookworm root (the image's base), as root as on a new machine or container; made
+    short through job's environment settings only (JOB_TUNE_NUM_SAMPLES, JOB_EPOCHS)."""
+    _need_tools()
+    command = quickstart_command()
+    root = tmp_path / "debian"
+    root.mkdir()
+    _run(["tar", "-C", str(root), "-xf", str(rootfs_tarball())])
+    project = root / "root/job"
+    files = _run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT).stdout.splitlines()
+    for name in files:
+        if (ROOT / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
+    shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
+    mounts = []
+    for src, dst, ro in [(a.split(":")[0], a.split(":")[1], True) for a in build_mounts(tmp_path)[1::2]] + [
+            ("/proc", "/proc", False), ("/dev", "/dev", False), ("/sys", "/sys", False)]:
+        target = root / dst.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir(exist_ok=True) if Path(src).is_dir() else target.touch()
+        mounts.append(f"mount --rbind {src} {target}" + (f" && mount -o remount,bind,ro {target}" if ro else ""))
+    script = (" && ".join(mounts) + f" && exec chroot {root} env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "
+              f"DEBIAN_FRONTEND=noninteractive JOB_TUNE_NUM_SAMPLES=2 JOB_EPOCHS=1 sh -c 'cd /root/job && {command}'")
+    r = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, (command, r.stdout[-2000:], r.stderr[-4000:])
+    assert "job tune: done" in r.stderr and (project / "runs/job-tune/best/bundle.json").is_file(), r.stderr[-2000:]
