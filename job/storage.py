@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -290,25 +291,32 @@ class Store:
             self.upload(path, url.join(path.relative_to(folder).as_posix()))
 
     def pyarrow_fs(self):
-        """A pyarrow filesystem for Ray Tune on this endpoint.
+        """A pyarrow filesystem for Ray Tune on this endpoint (pyarrow ignores the endpoint variables: the endpoint
+        is handed to S3FileSystem explicitly). Ray pickles it into its experiment files and ships it to workers, so
+        what it pickles is never a key:
 
-        pyarrow ignores the endpoint variables, so the endpoint and the chain's credentials are handed to
-        S3FileSystem explicitly, but only inside each process: Ray pickles the filesystem into its experiment files
-        and ships it to workers, and what it pickles here is the endpoint alone, never a key.
+        - credentials that expire and refresh (a container or instance role, web identity, SSO, assume-role):
+          pyarrow's own S3FileSystem with no keys, so that in every process the AWS SDK's chain finds them and
+          renews them as they expire (a two-day search outlives hour-long role credentials);
+        - static keys: handed to S3FileSystem inside each process only, from that process's own chain.
         """
         from pyarrow import fs
 
-        self._pyarrow_s3()  # fail now, in the driver, if there are no credentials
+        creds = credentials()
+        if creds is None:
+            raise BadInput(f"no S3 credentials for {self.endpoint.describe()}: set AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a role)")
+        if refreshes(creds):
+            return self._pyarrow_s3(None)
         return fs.PyFileSystem(_arrow_handler(self.endpoint))
 
-    def _pyarrow_s3(self):
+    def _pyarrow_s3(self, frozen):
+        """pyarrow's S3FileSystem on this endpoint: with these static keys, or (None) with the AWS SDK's chain."""
         from pyarrow import fs
 
-        frozen = credentials()
-        if frozen is None:
-            raise BadInput(f"no S3 credentials for {self.endpoint.describe()}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
-        kwargs = dict(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token,
-                      region=self.endpoint.region, connect_timeout=5, request_timeout=60)
+        kwargs = dict(region=self.endpoint.region, connect_timeout=5, request_timeout=60)
+        if frozen is not None:
+            kwargs |= dict(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
         if self.endpoint.url:
             parsed = urlparse(self.endpoint.url)
             kwargs |= dict(endpoint_override=parsed.netloc, scheme=parsed.scheme, force_virtual_addressing=False)
@@ -547,13 +555,20 @@ _CREDENTIALS: list = []  # this process's credentials, resolved once from boto3'
 
 
 def credentials():
-    """The chain's credentials (frozen), looked up once per process; None when there are none."""
+    """boto3's credentials for this process, looked up once (static keys stay in memory when the environment's
+    are removed, see secrets_out_of_environment); None when there are none."""
     if not _CREDENTIALS:
         import boto3
 
-        creds = boto3.session.Session().get_credentials()
-        _CREDENTIALS.append(creds.get_frozen_credentials() if creds else None)
+        _CREDENTIALS.append(boto3.session.Session().get_credentials())
     return _CREDENTIALS[0]
+
+
+def refreshes(creds) -> bool:
+    """Credentials that expire and are renewed by their source (a role), rather than static keys."""
+    from botocore.credentials import RefreshableCredentials
+
+    return isinstance(creds, RefreshableCredentials)
 
 
 SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -599,7 +614,11 @@ def _arrow_handler_class():
         @property
         def fs(self):
             if self._fs is None:
-                self._fs = Store(self.endpoint)._pyarrow_s3()
+                creds = credentials()
+                if creds is None:
+                    raise BadInput(f"no S3 credentials on {socket.gethostname()} for {self.endpoint.describe()}: "
+                                   "give every Ray node the credentials (a Kubernetes Secret in each pod's env)")
+                self._fs = Store(self.endpoint)._pyarrow_s3(creds.get_frozen_credentials())
             return self._fs
 
         def get_type_name(self):

@@ -28,6 +28,7 @@ class S3Server:
     access_key: str
     secret_key: str
     pid: int | None = None  # the local server's process (its own process group); None for JOB_TEST_S3_ENDPOINT
+    master: str | None = None  # the local SeaweedFS's master (host:port), for `weed shell`
 
     @property
     def env(self) -> dict[str, str]:
@@ -41,6 +42,15 @@ class S3Server:
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
                             aws_secret_access_key=secret or self.secret_key, region_name=self.env["AWS_REGION"],
                             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
+
+    def shell(self, command: str) -> str:
+        """A `weed shell` command on the local SeaweedFS (its IAM: s3.configure ...); its output."""
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        r = subprocess.run([weed, "shell", f"-master={self.master}"], input=command + "\n", capture_output=True,
+                           text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"weed shell {command!r}: {r.stderr[-500:]}")
+        return r.stdout
 
     def bucket(self) -> str:
         """A new, empty bucket."""
@@ -85,7 +95,7 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True)
         server.pid = proc.pid
         try:
-            server.endpoint = f"http://127.0.0.1:{p + 4}"
+            server.endpoint, server.master = f"http://127.0.0.1:{p + 4}", f"127.0.0.1:{p + 1}"
             deadline = time.monotonic() + 90
             while True:  # the port answers 403 before the keys are loaded: wait for a real answer with the real keys
                 try:
