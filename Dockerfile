@@ -27,9 +27,12 @@ ENV PYTHONUNBUFFERED=1 \
 # Thread counts: job sizes torch's threads and Ray's CPUs from the container's CPU limit (cgroup cpu.max), so no
 # OMP_NUM_THREADS is set here; set one to override.
 
-# Debian's Python, the CA bundle (S3 over TLS) and Fashion-MNIST, the offline default data set, from Debian's package.
+# Debian's Python, the CA bundle (S3 over TLS), wget (KubeRay's default health probes run it in Ray's pods) and
+# Fashion-MNIST, the offline default data set, from Debian's package (pinned: it is the data, and never updated).
+# Not pinned, the rest: Debian stable replaces them with security updates, and a pin would break the build.
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates wget \
         dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
