@@ -204,4 +204,4 @@ def test_the_readme_quickstart_runs_as_written_in_a_fresh_debian_root(tmp_path):
               f"DEBIAN_FRONTEND=noninteractive JOB_TUNE_NUM_SAMPLES=2 JOB_EPOCHS=1 sh -c 'cd /root/job && {command}'")
     r = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, (command, r.stdout[-2000:], r.stderr[-4000:])
-    assert "job tune: done" in r.stderr and (project / "runs/job-tune/best/bundle.json").is_file(), r.stderr[-2000:]
+    assert "job tune: done" in r.stdout and (project / "runs/job-tune/best/bundle.json").is_file(), r.stdout[-2000:]

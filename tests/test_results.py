@@ -39,6 +39,17 @@ def test_the_best_trial_is_the_best_epoch_anywhere_ties_to_lower_loss_and_a_lost
         best_readable([c], state_of, "val_acc", "exp")
 
 
+def test_a_trial_retried_from_a_checkpoint_has_one_row_per_epoch_and_the_best_its_checkpoints_history():
+    """After a lost node, Ray's record of a trial may repeat epochs (reported again after the retry) or lack some
+    (its result log restored from storage): the trial counts each epoch once, and the exported best trial takes
+    the whole history its checkpoint carries."""
+    recorded = [history(0.5, 0.6)[1], *history(0.5, 0.6, 0.7, 0.8)[1:]]  # epoch 1 lost, epoch 2 twice
+    t = Trial.of("trial_001_a", {}, recorded, "val_acc", 4, "", set())
+    assert [h["epoch"] for h in t.history] == [2, 3, 4] and t.epochs == 4 and t.status == "completed"
+    best, _ = best_readable([t], lambda _: {"best_epoch": 4, "history": history(0.5, 0.6, 0.7, 0.8)}, "val_acc", "x")
+    assert [h["epoch"] for h in best.history] == [1, 2, 3, 4] and best.val_acc == 0.8
+
+
 def test_summary_of_a_train_run_and_of_a_search():
     t = Trial.of("trial_001_a", {"lr": 0.1}, history(0.5), "val_acc", 1, "", set())
     train = Result("out", "out/best", 1, {"val_acc": 0.5}, t.history, seconds=1.234, skipped=2)

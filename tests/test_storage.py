@@ -218,6 +218,24 @@ def test_the_filesystem_ray_pickles_holds_no_credentials(monkeypatch):
     assert pickle.loads(pickle.dumps(fs)).type_name == "py::s3"
 
 
+def test_role_credentials_go_to_pyarrows_own_chain_which_refreshes_them(monkeypatch):
+    """Credentials that expire (a role): pyarrow's S3FileSystem gets no keys and uses the AWS SDK's chain in each
+    process, which renews them; what Ray pickles holds no key either way."""
+    import pickle
+
+    import pyarrow.fs
+    from botocore.credentials import RefreshableCredentials
+
+    role = RefreshableCredentials.create_from_metadata(
+        {"access_key": "ASIAROLEKEY", "secret_key": "role-secret-value", "token": "role-token",
+         "expiry_time": "2099-01-01T00:00:00Z"}, refresh_using=lambda: None, method="container-role")
+    monkeypatch.setattr(storage, "credentials", lambda: role)
+    fs = Location.parse("s3://bucket/ray", S3Config(endpoint="http://127.0.0.1:1")).store.pyarrow_fs()
+    assert isinstance(fs, pyarrow.fs.S3FileSystem)
+    blob = pickle.dumps(fs)
+    assert b"role-secret-value" not in blob and b"ASIAROLEKEY" not in blob and b"127.0.0.1:1" in blob
+
+
 def test_a_local_location_claims_reads_and_writes_records_as_s3_does(tmp_path):
     where = Location.parse(tmp_path / "out")
     where.claim(overwrite=False)  # a new folder: created, writable

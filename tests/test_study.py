@@ -44,6 +44,18 @@ def test_a_resumed_study_counts_the_trials_of_the_first_run_and_keeps_their_outc
     assert [t.user_attrs["ray_trial_id"] for t in trials] == ["a", "b", "c"]
 
 
+def test_epochs_reported_again_by_a_retried_trial_are_told_once(tmp_path, recwarn):
+    """A trial retried from its checkpoint (its node lost) reports the epochs after that checkpoint again: Optuna is
+    told each step once, with no warning on the search's output."""
+    s = study(tmp_path)
+    s.ask("a")
+    for step, value in ((1, 0.5), (2, 0.6), (2, 0.65), (3, 0.7)):
+        s.report("a", step, {"val_acc": value})
+    s.tell("a", 4, {"val_acc": 0.7}, failed=False)
+    assert s.study.trials[0].intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
+    assert not [w for w in recwarn if "already reported" in str(w.message)]
+
+
 def test_a_trial_the_study_never_asked_for_reports_and_ends_without_error(tmp_path):
     """After a kill, the experiment may continue a trial the journal does not hold: it still runs and counts."""
     s = study(tmp_path)
