@@ -221,7 +221,7 @@ def bench_storage(plan: Plan, run_folder: Path, table: Table, raw: dict) -> None
         table.add("storage", what, job, "one boto3 upload_file/download_file", ref, "MB/s")
     job, ref = median(s[0] for s in syncs), median(s[1] for s in syncs)
     table.add("storage", f"data set sync from S3 ({plan.sync_objects:,} objects of 2 kB)", job,
-              "one object at a time (job before 2026-11-29)", ref, "objects/s", ">= 10x", job >= 10 * ref)
+              "one object at a time (job before 2026-11-30)", ref, "objects/s", ">= 10x", job >= 10 * ref)
 
 
 # ---- output --------------------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from job.files import inside, sha256, write_atomic, write_json
 
 SCHEME = "s3://"
 PROBE = ".job-write-probe"
-MULTIPART = 8 << 20  # bytes: larger objects go up and down in parts
 MIRROR_THREADS = 16  # objects fetched at once when a data set is mirrored
 
 
@@ -91,7 +90,6 @@ class Store:
 
             config = Config(
                 connect_timeout=5, read_timeout=60, retries={"max_attempts": 4, "mode": "standard"},
-                max_pool_connections=MIRROR_THREADS,
                 s3={"addressing_style": "path" if self.endpoint.path_style else "auto"},
             )
             self._client = boto3.session.Session().client(
@@ -209,29 +207,17 @@ class Store:
 
         digest = sha256(path)
         self._call("uploading to", url, self.client.upload_file, Filename=str(path), Bucket=url.bucket, Key=url.key,
-                   ExtraArgs={"Metadata": {"sha256": digest}}, Config=TransferConfig(multipart_threshold=MULTIPART))
+                   ExtraArgs={"Metadata": {"sha256": digest}}, Config=TransferConfig(multipart_threshold=8 << 20))
         head = self._call("checking", url, self.client.head_object, Bucket=url.bucket, Key=url.key)
         if head["ContentLength"] != path.stat().st_size or head.get("Metadata", {}).get("sha256") != digest:
             raise JobError(f"{url} does not read back as uploaded (size or SHA-256 differs): run the command again")
 
-    def download(self, url: S3Url, path: Path, size: int | None = None) -> None:
-        """Download one object to `path` (through a temporary file beside it). An object known to be small is one
-        GET; others go through boto3's transfer manager (a HEAD, then ranged GETs in parallel)."""
+    def download(self, url: S3Url, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         try:
-            if size is not None and size < MULTIPART:
-                def get():
-                    with open(tmp, "wb") as f:
-                        shutil.copyfileobj(self.client.get_object(Bucket=url.bucket, Key=url.key)["Body"], f, 1 << 20)
-
-                self._call("downloading", url, get)
-                if os.path.getsize(tmp) != size:
-                    raise JobError(f"{url} changed while it was downloaded (size {os.path.getsize(tmp)}, listed "
-                                   f"{size}): run again")
-            else:
-                self._call("downloading", url, self.client.download_file, Bucket=url.bucket, Key=url.key, Filename=tmp)
+            self._call("downloading", url, self.client.download_file, Bucket=url.bucket, Key=url.key, Filename=tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -252,8 +238,11 @@ class Store:
         """Mirror every object below `url` into `folder`; unchanged objects (same size and ETag) are not fetched
         again. Returns how many objects were downloaded.
 
-        Objects are fetched MIRROR_THREADS at a time over the one (thread-safe) client: a data set is many small
-        objects, each a round trip; one at a time, 10,000 of them took ~19x as long (bench/, storage section)."""
+        A data set is many small objects, each a round trip: they are fetched MIRROR_THREADS at a time through
+        pyarrow's S3 client, whose requests run in C++ without Python's lock. Measured (bench/, storage section,
+        10,000 objects of 2 kB on loopback, 2 cores): ~2.8x the one-at-a-time loop with a pool of threads over
+        boto3 (Python's per-request work is the bound), ~7x through pyarrow; each local path comes from a key
+        checked here, never from the server's own listing later (as pyarrow.fs.copy_files would take it)."""
         index_path = folder / ".job-sync.json"
         try:
             index = json.loads(index_path.read_text()) if index_path.is_file() else {}
@@ -266,8 +255,9 @@ class Store:
         todo = [rel for rel, (size, etag) in sorted(remote.items())
                 if not (index.get(rel) == [size, etag] and local[rel].is_file() and local[rel].stat().st_size == size)]
         try:
+            arrow = self._arrow() if todo else None
             with concurrent.futures.ThreadPoolExecutor(MIRROR_THREADS) as pool:
-                jobs = {pool.submit(self.download, url.join(rel), local[rel], remote[rel][0]): rel for rel in todo}
+                jobs = {pool.submit(self._stream, arrow, url.join(rel), local[rel], remote[rel][0]): rel for rel in todo}
                 try:
                     for done in concurrent.futures.as_completed(jobs):
                         done.result()
@@ -283,6 +273,38 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
             write_atomic(index_path, json.dumps(index))  # what was fetched counts, even when the sync fails midway
         return len(todo)
+
+    def _arrow(self):
+        """pyarrow's S3 client on this endpoint with this process's credentials as boto3 finds them now."""
+        import boto3
+
+        creds = boto3.session.Session().get_credentials()
+        if creds is None:
+            raise BadInput(f"no S3 credentials for {self.endpoint.describe()}: set AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a role)")
+        return self._pyarrow_s3(None if refreshes(creds) else creds.get_frozen_credentials())
+
+    def _stream(self, arrow, url: S3Url, path: Path, size: int) -> None:
+        """One object to `path` through pyarrow (a temporary file beside it, renamed when whole)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                try:
+                    with arrow.open_input_stream(f"{url.bucket}/{url.key}") as src:
+                        shutil.copyfileobj(src, f, 1 << 20)
+                except OSError as e:
+                    if e.errno is not None:
+                        raise  # the local disk's (a full disk names its file)
+                    detail = str(e).splitlines()[0][:200]  # pyarrow's S3 errors carry no errno, and no key
+                    raise JobError(f"S3 failure while downloading {url} at {self.endpoint.describe()}: {detail}") from None
+            if os.path.getsize(tmp) != size:
+                raise JobError(f"{url} changed while it was downloaded (size {os.path.getsize(tmp)}, listed {size}): "
+                               "run again")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def upload_folder(self, folder: Path, url: S3Url, last: str) -> None:
         """Upload every file of `folder` below `url`, the file `last` (a manifest) after all others."""
