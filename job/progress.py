@@ -60,11 +60,12 @@ class SearchView:
         self.active.discard(trial_id)
         self._line(counts, f"{trial_id} {'completed' if epochs_done >= self.epochs else f'stopped after epoch {epochs_done}'}")
 
-    def trial_retried(self, trial_id: str, node: str, epoch: int, counts: Counts, reason: str = "") -> None:
-        """The trial failed (its node lost, its worker killed) and is retried from its latest checkpoint."""
+    def trial_retried(self, trial_id: str, node: str, epoch: int, counts: Counts, reason: str = "",
+                      lost: bool = True) -> None:
+        """The trial was lost (its node or its worker died) or failed, and is retried from its latest checkpoint."""
         start = f"from its epoch {epoch} checkpoint" if epoch else "from the start (it had no checkpoint yet)"
-        self._line(counts, f"{trial_id} lost" + (f" on node {node}" if node else "") + (f" ({reason})" if reason else "")
-                   + f": retried {start}")
+        self._line(counts, f"{trial_id} {'lost' if lost else 'failed'}" + (f" on node {node}" if node else "")
+                   + (f" ({reason})" if reason else "") + f": retried {start}")
 
     def trial_errored(self, trial_id: str, counts: Counts, reason: str = "") -> None:
         self.active.discard(trial_id)

@@ -241,7 +241,7 @@ class Store:
         A data set is many small objects, each a round trip: they are fetched MIRROR_THREADS at a time through
         pyarrow's S3 client, whose requests run in C++ without Python's lock. Measured (bench/, storage section,
         10,000 objects of 2 kB on loopback, 2 cores): ~2.8x the one-at-a-time loop with a pool of threads over
-        boto3 (Python's per-request work is the bound), ~7x through pyarrow; each local path comes from a key
+        boto3 (Python's per-request work is the bound), 6.4x through pyarrow; each local path comes from a key
         checked here, never from the server's own listing later (as pyarrow.fs.copy_files would take it)."""
         index_path = folder / ".job-sync.json"
         try:

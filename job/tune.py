@@ -161,29 +161,28 @@ class ProgressEvents(tune.Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        node, reason = _failure(trial)
+        node, reason, lost = _failure(trial)
         LIVE.view.trial_retried(trial.trial_id, node or str(last.get("node_ip") or ""), int(last.get("epoch", 0)),
-                                _counts(trials), reason)
+                                _counts(trials), reason, lost)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
 
 
-def _failure(trial) -> tuple[str, str]:
-    """(node address, reason) of a trial's latest failure, from the error file Ray keeps beside the driver (the copy
-    in storage is written later): a lost node is one line, not Ray's ActorDiedError text."""
+def _failure(trial) -> tuple[str, str, bool]:
+    """(node address, reason, whether its process or node was lost) of a trial's latest failure, from the error
+    file Ray keeps beside the driver (the copy in storage is written later): a lost node is one line, not Ray's
+    ActorDiedError text."""
     try:
         text = Path(trial.error_file).read_text().rsplit("Failure # ", 1)[-1]
     except (OSError, TypeError):
-        return "", ""
-    node = re.search(r"^\s*ip: (\S+)", text, re.M)
+        return "", "", True
+    node = (re.findall(r"^\s*ip: (\S+)", text, re.M) or [""])[0]
     if "node has died" in text or "node was terminated" in text:
-        reason = "its node died"
-    elif "ActorDiedError" in text or "actor died" in text.lower():
-        reason = "its worker process died"
-    else:
-        reason = _reason(text)
-    return (node.group(1) if node else ""), reason
+        return node, "its node died", True
+    if "ActorDiedError" in text or "actor died" in text.lower():
+        return node, "its worker process died", True
+    return node, _reason(text), False
 
 
 def _reason(error) -> str:
