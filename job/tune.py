@@ -160,13 +160,19 @@ class ProgressEvents(tune.Callback):
         LIVE.view.trial_ended(trial.trial_id, int(trial.last_result.get("epoch", 0)), _counts(trials))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
         node, reason, lost = _failure(trial)
-        LIVE.view.trial_retried(trial.trial_id, node or str(last.get("node_ip") or ""), int(last.get("epoch", 0)),
-                                _counts(trials), reason, lost)
+        LIVE.view.trial_retried(trial.trial_id, node or str((trial.last_result or {}).get("node_ip") or ""),
+                                _restored_epoch(trial), _counts(trials), reason, lost)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
+
+
+def _restored_epoch(trial) -> int:
+    """The epoch of the checkpoint Ray restarts the trial from: its latest registered one (a result just reported
+    may not be registered yet), 0 for none."""
+    latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+    return int(latest.metrics.get("epoch", 0)) if latest is not None else 0
 
 
 def _failure(trial) -> tuple[str, str, bool]:
@@ -263,7 +269,10 @@ def _prepare_remotely(cfg: TrainConfig, s3: S3Config | None, note) -> str:
 
 
 def _fingerprint(cfg: TrainConfig, s3: S3Config | None) -> str:
-    return run.setup(cfg, run.cache_dir(), s3=s3).fingerprint  # in the cache of the node it runs on
+    try:
+        return run.setup(cfg, run.cache_dir(), s3=s3).fingerprint  # in the cache of the node it runs on
+    except JobError as e:  # the node is part of the answer: its environment (credentials, cache) is its own
+        raise type(e)(f"{e} (on Ray node {ray.util.get_node_ip_address()}, in its environment)") from None
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:

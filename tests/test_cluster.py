@@ -56,10 +56,10 @@ def s3_slow_data(s3_server, tmp_path_factory):
     return upload(s3_server, make_folder(tmp_path_factory.mktemp("slow-data"), classes=3, per_class=40))
 
 
-def start_tune(c, home: Path, args: list[str]) -> subprocess.Popen:
+def start_tune(c, home: Path, args: list[str], env: dict | None = None) -> subprocess.Popen:
     """`job tune ARGS` joined to the cluster as KubeRay's driver is (RAY_ADDRESS), with a cache of its own."""
-    return start_job(["tune", *args], env={"RAY_ADDRESS": c.address, "JOB_CACHE": str(home / "cache")}, cwd=home,
-                     stdout=subprocess.PIPE)
+    return start_job(["tune", *args], env={"RAY_ADDRESS": c.address, "JOB_CACHE": str(home / "cache"), **(env or {})},
+                     cwd=home, stdout=subprocess.PIPE)
 
 
 def test_a_search_survives_losing_a_node_and_says_so_in_one_line(cluster, s3_server, s3_slow_data):
@@ -72,7 +72,8 @@ def test_a_search_survives_losing_a_node_and_says_so_in_one_line(cluster, s3_ser
     lines, running, removed = [], set(), False
     for line in p.stderr:
         lines.append(line)
-        running.update(re.findall(r"\] (\w+) .* epoch \d/8 .*\| 2 running", line))
+        # a trial past epoch 2 has its epoch-1 checkpoint registered (a result just reported may not be yet)
+        running.update(re.findall(r"\] (\w+) .* epoch [2-8]/8 .*\| 2 running", line))
         running -= set(re.findall(r"\] (\w+) (?:completed|stopped)", line))
         if not removed and len(running) == 2:  # both nodes run a trial that has a checkpoint: take one away
             c.remove_node(workers[1])
@@ -130,8 +131,23 @@ def test_bad_data_fails_before_any_trial_with_the_workers_message(cluster, s3_se
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2, err[-3000:]
     assert "Traceback" not in err and "RayTaskError" not in err, err[-3000:]
-    assert re.search(r"^job: error: .*", err, re.M), err[-3000:]
+    assert re.search(r"^job: error: .*\(on Ray node [\d.]+, in its environment\)$", err, re.M), err[-3000:]
     assert " epoch " not in err  # no trial ran
+
+
+def test_a_worker_node_without_s3_credentials_is_named_before_any_trial(cluster, s3_server, s3_data, monkeypatch):
+    """The driver has the keys, the only worker node does not (a pod without the Secret): one line naming the node."""
+    c, home = cluster
+    bucket, data = s3_data
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)  # for the raylet started next
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    p = start_tune(c, home, ["--data", data, *TINY, "--epochs", "1", "--num-samples", "1", "--storage",
+                             f"s3://{bucket}/ray-6", "--output", f"s3://{bucket}/best-6"], env=s3_server.env)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert re.search(r"^job: error: no S3 credentials .*\(on Ray node [\d.]+, in its environment\)$", err, re.M), err
 
 
 def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(cluster, s3_slow_data):
