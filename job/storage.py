@@ -280,9 +280,12 @@ class Store:
 
         creds = boto3.session.Session().get_credentials()
         if creds is None:
-            raise BadInput(f"no S3 credentials for {self.endpoint.describe()}: set AWS_ACCESS_KEY_ID and "
-                           "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a role)")
+            raise self._no_credentials()
         return self._pyarrow_s3(None if refreshes(creds) else creds.get_frozen_credentials())
+
+    def _no_credentials(self) -> BadInput:
+        return BadInput(f"no S3 credentials for {self.endpoint.describe()}: set AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a role)")
 
     def _stream(self, arrow, url: S3Url, path: Path, size: int) -> None:
         """One object to `path` through pyarrow (a temporary file beside it, renamed when whole)."""
@@ -326,8 +329,7 @@ class Store:
 
         creds = credentials()
         if creds is None:
-            raise BadInput(f"no S3 credentials for {self.endpoint.describe()}: set AWS_ACCESS_KEY_ID and "
-                           "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a role)")
+            raise self._no_credentials()
         if refreshes(creds):
             return self._pyarrow_s3(None)
         return fs.PyFileSystem(_arrow_handler(self.endpoint))

@@ -31,22 +31,18 @@ def documents() -> list[dict]:
     return [d for f in K8S for d in yaml.safe_load_all(f.read_text()) if d]
 
 
+def nodes(tree) -> list[dict]:
+    """Every mapping in a parsed manifest tree, depth first."""
+    if isinstance(tree, dict):
+        return [tree, *(n for v in tree.values() for n in nodes(v))]
+    if isinstance(tree, list):
+        return [n for v in tree for n in nodes(v)]
+    return []
+
+
 def containers() -> list[dict]:
     """Every container spec of ours (our image) in every manifest, wherever its pod template sits."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if OUR_IMAGE.search(str(node.get("image", ""))) and "name" in node:
-                found.append(node)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(documents())
-    return found
+    return [n for n in nodes(documents()) if OUR_IMAGE.search(str(n.get("image", ""))) and "name" in n]
 
 
 def settings_env() -> dict[str, str]:
@@ -188,21 +184,9 @@ def test_every_job_container_reads_settings_and_credentials_and_has_shared_memor
 
 def pod_specs() -> list[tuple[dict, dict]]:
     """(pod template metadata, pod spec) of every pod of ours: Jobs, the RayJob's head, workers and submitter."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if isinstance(node.get("spec"), dict) and "containers" in node["spec"] \
-                    and any(OUR_IMAGE.search(c["image"]) for c in node["spec"]["containers"]):
-                found.append((node.get("metadata", {}), node["spec"]))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(documents())
-    return found
+    return [(n.get("metadata", {}), n["spec"]) for n in nodes(documents())
+            if isinstance(n.get("spec"), dict) and "containers" in n["spec"]
+            and any(OUR_IMAGE.search(c["image"]) for c in n["spec"]["containers"])]
 
 
 def gib(quantity: str) -> float:
