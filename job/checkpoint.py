@@ -44,6 +44,6 @@ def load(path: Path) -> dict:
 
 # What a checkpoint holds (the training state of loop.Fit.checkpoint, and what run.Setup.meta adds), checked on load:
 # a checkpoint edited by hand or from another version is named, not crashed on.
-SCHEMA = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "best_val_acc": float,
+SCHEMA = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int,
           "best_epoch": int, "best_model": (dict, type(None)), "history": list, "config": dict, "classes": list,
           "preprocessing": dict, "data_fingerprint": str}

@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 from job import __version__, api, config, signals
+from job import space as spaces
 from job.errors import EXIT_FAILURE, EXIT_OK, BadInput, Interrupted, JobError
 from job.progress import say
 
@@ -40,8 +41,9 @@ TRAIN_FLAGS = {
     "device": "auto, cpu, cuda or cuda:N",
 }
 BOOL_FLAGS = {"freeze_backbone": "train only the new head", "skip_bad_images": "skip unreadable images instead of failing"}
-SEARCHED = ("lr", "step_size", "gamma")  # job tune samples these: its flags set their ranges instead
 TUNE_FLAGS = {
+    "metric": "the metric to optimise (val_acc, val_f1_macro, val_loss, ...)",
+    "mode": "max or min; none: follows the metric",
     "num_samples": "trials to run",
     "max_concurrent": "trials at once (0: as resources allow)",
     "time_budget_s": "stop after this many seconds, export the best so far",
@@ -89,14 +91,6 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--json", action="store_true", help="the result as JSON on stdout, no progress")
 
 
-class _Searched(argparse.Action):
-    """`job tune --lr X`: the value is searched, so say which flag sets its range."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        flag = option_string.lstrip("-")
-        parser.error(f"job tune samples {flag.replace('-', '_')}: set its range with --{flag}-range MIN,MAX")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="job", description="Fine-tune a pretrained image classifier on a folder of images.")
     parser.add_argument("--version", action="version", version=f"job {__version__}", help="print the version and exit")
@@ -110,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", help="search lr, step_size and gamma with Ray Tune (Optuna TPE + ASHA); export the best")
-    _add_config_flags(p, skip=SEARCHED)
-    for key in SEARCHED:
-        p.add_argument("--" + key.replace("_", "-"), action=_Searched, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p = sub.add_parser("tune", help="search the training settings with Ray Tune (Optuna TPE + ASHA); export the best")
+    _add_config_flags(p)
+    p.add_argument("--space", action="append", default=[], metavar="NAME=SPEC",
+                   help="search a setting: lr=loguniform:1e-4,1e-1, label_smoothing=uniform:0,0.2, step_size=int:1,5, "
+                        "batch_size=int:16,128:log, optimizer=choice:sgd,adamw, or fix it: momentum=0.95 (default none: "
+                        "lr, step_size and gamma over the --*-range flags)")
     for key, help in TUNE_FLAGS.items():
         flag = "--time-budget" if key == "time_budget_s" else "--" + key.replace("_", "-")
         _setting_flag(p, flag, config.SearchConfig, key, help)
@@ -167,6 +163,8 @@ def resolve_config(args: argparse.Namespace, cls=None, base: dict | None = None)
     else:
         names = list(TUNE_FLAGS) if cls is config.SearchConfig else [*TRAIN_FLAGS, *BOOL_FLAGS]
         flags = {k: getattr(args, k) for k in names if hasattr(args, k)}
+        if cls is config.SearchConfig and getattr(args, "space", None):
+            flags["space"] = {k: v for item in args.space for k, v in spaces.parse(item, "--space").items()}
     sets = config.parse_sets(args.set)
     if args.command == "tune" or cls is not config.TrainConfig:
         sets = config.for_section(cls, sets)
@@ -181,8 +179,17 @@ def _print_config(cfg, section: str = "") -> None:
     """As TOML, so the output can be saved and passed back with --config."""
     if section:
         print(f"\n[{section}]")
+    tables = {}
     for key, value in cfg.to_dict().items():
-        print(f"# {key}: unset, uses the default" if value is None else f"{key} = {json.dumps(value)}")
+        if isinstance(value, dict):
+            tables[key] = value
+        else:
+            print(f"# {key}: unset, uses the default" if value is None else f"{key} = {json.dumps(value)}")
+    for key, table in tables.items():  # [tune.space] as TOML inline tables
+        print(f"\n[{section}.{key}]")
+        for name, spec in table.items():
+            inline = ", ".join(f"{k} = {json.dumps(v)}" for k, v in spec.items()) if isinstance(spec, dict) else None
+            print(f"{name} = {{ {inline} }}" if inline is not None else f"{name} = {json.dumps(spec)}")
 
 
 def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
@@ -272,7 +279,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print("\n".join(progress.search_summary(result)))
     if not args.quiet:
         rows = [t.row() for t in result.trials]
-        columns = ["number", "trial_id", *result.best_trial.params, "epochs", "val_acc", "status"]
+        columns = ["number", "trial_id", *result.best_trial.params, "epochs", result.best_trial.metric, "status"]
         print(report.table([[r[c] if r[c] is not None else "-" for c in columns] for r in rows],
                            ["#", "trial", *columns[2:]]))
         print(f"bundle:  {result.bundle}\ntrials:  {output}/trials.csv, {output}/trials.json\n"

@@ -23,8 +23,12 @@ from typing import Any, ClassVar, Mapping
 
 import yaml
 
+from job import space as spaces
 from job.errors import BadInput
 
+# The metrics every epoch reports, by the same names everywhere (computed in job/metrics.py; named here, where the
+# search's metric is checked, so that reading settings imports no torch).
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_f1_macro", "lr", "epoch_s", "images_per_s")
 ENV_PREFIX = "JOB_"
 MAX_EPOCHS = 10_000  # past this a setting is a typo, not a plan
 MAX_FILE_BYTES = 1 << 20  # a config file is a page of settings, not data
@@ -113,6 +117,8 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     hint = typing.get_type_hints(cls)[key]
     optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
     base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
+    if typing.get_origin(base) is dict:  # the search space: a table of its own (job/space.py)
+        return None if value is None else spaces.parse(value, source)
     if isinstance(value, str) and base is not str:
         text = value.strip()
         if optional and text.lower() in ("", "none", "null"):
@@ -204,9 +210,14 @@ def _validate(c: TrainConfig) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig(Settings):
-    """How `job tune` searches: the space of lr, step_size and gamma, the budget, resources and storage."""
+    """How `job tune` searches: the space, the objective, the budget, resources and storage."""
 
     SECTION: ClassVar[str] = "tune"
+    space: dict[str, Any] | None = _field(None, "The settings searched and how ([tune.space], --space lr=loguniform:1e-4,1e-1); "
+                                          "default: lr, step_size and gamma over the three ranges below")
+    metric: str = _field("val_acc", "The reported metric the search optimises, and that picks each trial's best epoch",
+                         tuple(m for m in EPOCH_METRICS if m != "lr"))
+    mode: str | None = _field(None, "max or min; default: min for a loss or a time (epoch_s), max otherwise", ("max", "min"))
     lr_range: tuple[float, float] = _field((1e-4, 1e-1), "lr is sampled log-uniformly from [min, max]; min = max fixes it")
     step_size_range: tuple[int, int] | None = _field(None, "step_size is sampled from the integers [min, max]; default [1, epochs]")
     gamma_range: tuple[float, float] = _field((0.05, 0.9), "gamma is sampled uniformly from [min, max]; min = max fixes it")
@@ -249,12 +260,44 @@ class SearchConfig(Settings):
             raise BadInput(f"name = {_shown(self.name)} is not a plain folder name: use letters, digits, '.', '_' and '-'")
 
 
-def check_search(cfg: TrainConfig, search: SearchConfig) -> None:
-    """What the search settings must satisfy given the training settings."""
+def check_search(cfg: TrainConfig, search: SearchConfig) -> list[spaces.Dimension]:
+    """What the search settings must satisfy given the training settings; returns the checked space."""
     if search.step_size_range and search.step_size_range[1] > cfg.epochs:
         raise BadInput(f"step_size_range max {search.step_size_range[1]} is above epochs = {cfg.epochs}: lower it or raise --epochs")
     if search.grace_period > cfg.epochs:
         raise BadInput(f"grace_period = {search.grace_period} is above epochs = {cfg.epochs}: lower it or raise --epochs")
+    dims = spaces.check(search_space(search, cfg), cfg.to_dict(), TrainConfig, lambda k, v: _coerce(TrainConfig, k, v, "the space"))
+    defaults = TrainConfig()
+    for d in dims:
+        if d.kind != "fixed" and getattr(cfg, d.name) != getattr(defaults, d.name):
+            raise BadInput(f"{d.name} = {_shown(getattr(cfg, d.name))} is set, but job tune searches it ({d.describe()}): "
+                           f"fix it in the space (--space {d.name}={_jsonable(getattr(cfg, d.name))}) or drop the setting")
+        if d.name == "step_size" and d.kind == "int" and d.values[1] > cfg.epochs:
+            raise BadInput(f"space: step_size max {d.values[1]} is above epochs = {cfg.epochs}: lower it or raise --epochs")
+    return dims
+
+
+LEGACY_RANGES = ("lr_range", "step_size_range", "gamma_range")
+
+
+def search_space(search: SearchConfig, cfg: TrainConfig) -> dict[str, Any]:
+    """The space as declared, or today's default one over the three ranges."""
+    if search.space is None:
+        return spaces.default(search.lr_range, search.step_size_range or (1, cfg.epochs), search.gamma_range)
+    defaults = SearchConfig()
+    old = [k for k in LEGACY_RANGES if getattr(search, k) != getattr(defaults, k)]
+    if old:
+        name = old[0].removesuffix("_range")
+        kind = {"lr": "loguniform", "step_size": "int", "gamma": "uniform"}[name]
+        lo, hi = getattr(search, old[0])
+        raise BadInput(f"{old[0]} is the old spelling of a space entry and a space is given: write it in the space, "
+                       f"{name} = {{ {kind} = [{lo}, {hi}] }} (or --space {name}={kind}:{lo},{hi})")
+    return search.space
+
+
+def objective(search: SearchConfig) -> tuple[str, str]:
+    """(metric, mode): the mode as set, else min for a loss or a time, max otherwise."""
+    return search.metric, search.mode or ("min" if search.metric.endswith(("loss", "_s")) else "max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,7 +408,10 @@ def resolve(
     values: dict[str, Any] = {}
     for layer, source in layers:
         for key, value in _known(cls, layer, source).items():
-            values[key] = _coerce(cls, key, value, source)
+            value = _coerce(cls, key, value, source)
+            # a space given in a later layer changes the entries it names: --space lr=... keeps the file's others
+            merge = isinstance(value, dict) and isinstance(values.get(key), dict)
+            values[key] = {**values[key], **value} if merge else value
     return cls(**values)
 
 

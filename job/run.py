@@ -67,8 +67,10 @@ def data_root(cfg: TrainConfig, cache: Path, s3: S3Config | None) -> Path:
     return Location.parse(cfg.data, s3).pull(cache, folder=True)
 
 
-def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None, s3: S3Config | None = None) -> Setup:
-    """Everything a run needs before its first epoch; all bad input is found here, before any training."""
+def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None, s3: S3Config | None = None,
+          objective: tuple[str, str] = ("val_acc", "max")) -> Setup:
+    """Everything a run needs before its first epoch; all bad input is found here, before any training. `objective`
+    (metric, mode) picks the best epoch."""
     model.check_name(cfg.model)
     device = resolve_device(cfg.device)
     try:
@@ -92,7 +94,7 @@ def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None, s3: S3Co
         data.Batches(p, prep, cfg.batch_size, train=t, augment=cfg.augment, seed=cfg.seed, pin_memory=pin)
         for p, t in ((train, True), (val, False)))
     fingerprint = json.dumps({"train": train.fingerprint, "val": val.fingerprint})
-    fit = Fit(cfg, net, Data(train_batches, val_batches, prep, len(folder.classes)), device, bar)
+    fit = Fit(cfg, net, Data(train_batches, val_batches, prep, len(folder.classes)), device, bar, objective)
     return Setup(fit, folder, prep, fingerprint, skipped)
 
 

@@ -13,13 +13,15 @@ import dataclasses
 import math
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+
+from job.space import Dimension
 
 JOURNAL = "optuna.journal"
 RAY_TRIAL_ID = "ray_trial_id"
@@ -28,17 +30,23 @@ LOST = "lost_ray_trial_ids"  # a study attribute: trials asked for that the expe
 
 @dataclasses.dataclass(frozen=True)
 class Space:
-    """What is searched: Optuna distributions, plus the values that are fixed (a range whose min equals its max)."""
+    """What is searched, as Optuna distributions, and the values fixed for every trial (job/space.py checks both)."""
 
     searched: dict[str, BaseDistribution]
-    fixed: dict[str, float | int]
+    fixed: dict[str, Any]
     names: tuple[str, ...]  # every setting of the space, in the order it is shown
+
     @classmethod
-    def of(cls, lr: tuple[float, float], step_size: tuple[int, int], gamma: tuple[float, float]) -> Space:
-        ranges = {"lr": (FloatDistribution(*lr, log=True), lr), "step_size": (IntDistribution(*step_size), step_size),
-                  "gamma": (FloatDistribution(*gamma), gamma)}
-        return cls({k: d for k, (d, (lo, hi)) in ranges.items() if lo != hi},
-                   {k: lo for k, (_, (lo, hi)) in ranges.items() if lo == hi}, tuple(ranges))
+    def of(cls, dims: list[Dimension]) -> Space:
+        def distribution(d: Dimension) -> BaseDistribution:
+            if d.kind == "choice":
+                return CategoricalDistribution(d.values)
+            if d.kind == "int":
+                return IntDistribution(*d.values, log=d.log)
+            return FloatDistribution(*d.values, log=d.kind == "loguniform")
+
+        return cls({d.name: distribution(d) for d in dims if d.kind != "fixed"},
+                   {d.name: d.values[0] for d in dims if d.kind == "fixed"}, tuple(d.name for d in dims))
 
 
 @dataclasses.dataclass(frozen=True)

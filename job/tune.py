@@ -29,7 +29,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from job import bundle, checkpoint, config, cpus, results, run, signals, storage
+from job import bundle, checkpoint, config, cpus, model, results, run, signals, storage
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
 from job.experiment import Experiment, Lock
@@ -38,9 +38,9 @@ from job.metrics import EPOCH_METRICS
 from job.progress import Counts, SearchView, say
 from job.results import Result, Trial
 from job.storage import Location
+from job.space import Dimension
 from job.study import Objective, Space, Study
 
-METRIC, MODE = "val_acc", "max"
 DIVERGED = "diverged.txt"  # in a trial's folder: why it diverged, so that Ray's retry ends at once
 # Ray Tune reads these when the search runs: its console tables off (Progress replaces them), state snapshots every
 # second (a killed driver loses at most ~1 s of trial statuses), no reserved workers for trials not yet sampled,
@@ -58,9 +58,10 @@ RAY_ENVIRONMENT = {
 # ---- inside a Ray worker ---------------------------------------------------------------------------------------
 
 
-def trainable(sampled: dict, base: dict, threads: int, s3: dict) -> None:
-    """Ray Tune function trainable: one trial = one `Fit` with the sampled settings. The data set is decoded into
-    the cache of the node it runs on (that node's JOB_CACHE)."""
+def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tuple[str, str]) -> None:
+    """Ray Tune function trainable: one trial = one `Fit` with the sampled settings, its best epoch picked by the
+    search's `objective` (metric, mode). The data set is decoded into the cache of the node it runs on (that node's
+    JOB_CACHE)."""
     import torch
 
     diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED
@@ -74,7 +75,7 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict) -> None:
                        f"torch {torch.__version__}): check that node's NVIDIA driver and container runtime, "
                        "or pass --device cpu")
     cfg = TrainConfig.from_dict(base | sampled)
-    s = run.setup(cfg, run.cache_dir(), s3=S3Config.from_dict(s3))
+    s = run.setup(cfg, run.cache_dir(), s3=S3Config.from_dict(s3), objective=tuple(objective))
     restored = tune.get_checkpoint()
     if restored:
         with restored.as_directory() as folder:
@@ -112,8 +113,8 @@ LIVE = _Live()
 class StudySearcher(Searcher):
     """Ray's searcher interface over the Optuna study: FINISHED once the study holds `num_samples` trials."""
 
-    def __init__(self):
-        super().__init__(metric=METRIC, mode=MODE)
+    def __init__(self, metric: str, mode: str):
+        super().__init__(metric=metric, mode=mode)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space is the study's own
@@ -239,10 +240,10 @@ def _start_ray() -> None:
         ray.init(address="local", num_cpus=cpus.available(), **common)  # a container's CPU limit, not the host's
 
 
-def _prepare_here(cfg: TrainConfig, cache: Path, s3: S3Config | None, note) -> str:
+def _prepare_here(cfg: TrainConfig, cache: Path, s3: S3Config | None, note) -> tuple[str, int]:
     """Ray starts (seconds) while the driver checks the data set and the model and decodes the data once for every
     trial on this machine: bad data fails before any trial. On the CPU: the driver needs no GPU. Returns the data's
-    fingerprint."""
+    fingerprint and its number of classes."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         note("preparing the data set (decoded once, shared by every trial on this machine)")
         prepared = pool.submit(run.setup, dataclasses.replace(cfg, device="cpu"), cache, s3=s3)
@@ -252,13 +253,13 @@ def _prepare_here(cfg: TrainConfig, cache: Path, s3: S3Config | None, note) -> s
             error = prepared.exception()  # waits for the preparation either way
     if error is not None:
         raise error
-    return prepared.result().fingerprint
+    return prepared.result().fingerprint, len(prepared.result().folder.classes)
 
 
-def _prepare_remotely(cfg: TrainConfig, s3: S3Config | None, note) -> str:
+def _prepare_remotely(cfg: TrainConfig, s3: S3Config | None, note) -> tuple[str, int]:
     """On a cluster the driver may run where no trial does (KubeRay's head has no CPUs for trials): it neither
     syncs nor decodes the data. One task on a node with CPUs checks and decodes it there, where trials would decode
-    it anyway, so bad data still fails before any trial. Returns the data's fingerprint."""
+    it anyway, so bad data still fails before any trial. Returns the data's fingerprint and number of classes."""
     _start_ray()
     note("preparing the data set on a worker node (decoded once there, shared by the trials on it)")
     task = ray.remote(num_cpus=1, max_retries=1)(_fingerprint)
@@ -268,9 +269,10 @@ def _prepare_remotely(cfg: TrainConfig, s3: S3Config | None, note) -> str:
         raise e.cause from None  # job's own error (bad data, no credentials on that node), not Ray's wrapping
 
 
-def _fingerprint(cfg: TrainConfig, s3: S3Config | None) -> str:
+def _fingerprint(cfg: TrainConfig, s3: S3Config | None) -> tuple[str, int]:
     try:
-        return run.setup(cfg, run.cache_dir(), s3=s3).fingerprint  # in the cache of the node it runs on
+        s = run.setup(cfg, run.cache_dir(), s3=s3)  # in the cache of the node it runs on
+        return s.fingerprint, len(s.folder.classes)
     except JobError as e:  # the node is part of the answer: its environment (credentials, cache) is its own
         raise type(e)(f"{e} (on Ray node {ray.util.get_node_ip_address()}, in its environment)") from None
 
@@ -295,10 +297,6 @@ def _resources(search: SearchConfig, cfg: TrainConfig) -> tuple[dict, int]:
     return cpus.share(int(total.get("CPU", 1)), float(total.get("GPU", 0)), search, cfg.device)
 
 
-def space(search: SearchConfig, cfg: TrainConfig) -> Space:
-    return Space.of(search.lr_range, search.step_size_range or (1, cfg.epochs), search.gamma_range)
-
-
 def _absolute(value: str) -> str:
     """A local path made absolute (Ray's workers have another working directory); names and s3:// as they are."""
     path = Path(value).expanduser()
@@ -313,7 +311,8 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     note = say if progress else (lambda line: None)
     cfg = dataclasses.replace(cfg, data=_absolute(cfg.data), weights=_absolute(cfg.weights))  # workers run elsewhere
     # every check that can fail does so before Ray starts
-    config.check_search(cfg, search_cfg)
+    dims = config.check_search(cfg, search_cfg)
+    _check_models(dims, cfg)
     experiment, out = Experiment(search_cfg, s3), Location.parse(output, s3)
     resume = experiment.check(cfg, search_cfg, restart)
     out.claim(overwrite or restart, owner=str(experiment), data=cfg.data)
@@ -322,8 +321,11 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     cache = run.cache_dir()
     with Lock(experiment, note=note), _environment():
         try:
-            fingerprint = _prepare_remotely(cfg, s3, note) if os.environ.get("RAY_ADDRESS") else \
+            fingerprint, classes = _prepare_remotely(cfg, s3, note) if os.environ.get("RAY_ADDRESS") else \
                 _prepare_here(cfg, cache, s3, note)
+            if search_cfg.metric == "val_top5" and classes < 5:
+                raise BadInput(f"metric val_top5 needs 5 or more classes and the data has {classes}: choose another "
+                               "metric (val_acc, val_f1_macro, val_loss)")
             experiment.check_data(fingerprint, restart)
             nodes = len([n for n in ray.nodes() if n.get("Alive")])
             if nodes > 1 and not experiment.storage.remote:
@@ -331,8 +333,8 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
                                "pass --storage s3://bucket/prefix so every node can reach the experiment")
             if restart:
                 experiment.delete(cache)
-            trials, best, state, resumed = _run(cfg, search_cfg, experiment, resume, progress, note, s3, cache,
-                                                fingerprint)
+            trials, best, state, resumed = _run(cfg, search_cfg, Space.of(dims), experiment, resume, progress, note,
+                                                s3, cache, fingerprint)
         finally:
             # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
             ray.shutdown()
@@ -348,8 +350,19 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
                   resumed=resumed, importances=importances)
 
 
-def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, resume: bool, progress: bool, note,
-         s3: S3Config | None, cache: Path, fingerprint: str):
+def _check_models(dims: list[Dimension], cfg: TrainConfig) -> None:
+    """Every model and weights the space can pick is known and its weights are here: a trial never fails on one."""
+    def values(name: str) -> tuple:
+        return next((d.values for d in dims if d.name == name), (getattr(cfg, name),))
+
+    for name in values("model"):
+        for weights in values("weights"):
+            if not storage.is_s3(weights):  # an s3:// file is fetched and checked by the trial
+                model.check_weights(name, weights)
+
+
+def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, experiment: Experiment, resume: bool,
+         progress: bool, note, s3: S3Config | None, cache: Path, fingerprint: str):
     """The Tuner, new or restored, run to its end: (trials, best trial, its checkpoint state, resumed)."""
     resources, concurrent = _resources(search_cfg, cfg)
     storage_path, fs = experiment.storage.for_ray()
@@ -358,13 +371,14 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, res
     if not resumed:
         experiment.start(cfg, search_cfg, cache, fingerprint)
     startup = search_cfg.startup_trials or min(10, max(2, search_cfg.num_samples // 3))
-    LIVE.study = Study(experiment.journal(cache), search_cfg.name, space(search_cfg, cfg), Objective(METRIC, MODE, cfg.epochs),
+    metric, mode = config.objective(search_cfg)
+    LIVE.study = Study(experiment.journal(cache), search_cfg.name, space, Objective(metric, mode, cfg.epochs),
                        search_cfg.sampler, cfg.seed, startup, search_cfg.num_samples,
                        on_change=lambda: experiment.save_journal(cache))
-    LIVE.view = SearchView(search_cfg.num_samples, cfg.epochs, METRIC, enabled=progress)
+    LIVE.view = SearchView(search_cfg.num_samples, cfg.epochs, metric, enabled=progress, mode=mode)
     LIVE.reconciled = False
     fn = tune.with_resources(tune.with_parameters(trainable, base=cfg.to_dict(), threads=resources["cpu"],
-                                                  s3=(s3 or S3Config()).to_dict()), resources)
+                                                  s3=(s3 or S3Config()).to_dict(), objective=(metric, mode)), resources)
     # Ray's local workers inherited the credentials when Ray started; Tune would copy them from here into each
     # trial's runtime_env, which Ray's agent writes into its logs (storage.secrets_out_of_environment)
     with storage.secrets_out_of_environment(), signals.Stop(on_request=_ask_ray_to_stop, restore=(signal.SIGUSR1,)) as stop:
@@ -379,14 +393,14 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, experiment: Experiment, res
     if stop.requested:
         raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
     cut = LIVE.view.active if search_cfg.time_budget_s else set()  # still running when the budget ran out
-    pairs = [(_trial(r, cfg.epochs, cut, LIVE.study.space.names), r) for r in grid]
+    pairs = [(_trial(r, cfg.epochs, cut, space.names, (metric, mode)), r) for r in grid]
     by_id = {t.trial_id: r for t, r in pairs}
     trials = sorted((t for t, _ in pairs), key=lambda t: t.number)
-    done = [t for t in trials if t.val_acc is not None]
+    done = [t for t in trials if t.value is not None]
     if not done:
         raise JobError(f"no trial finished an epoch ({trials[0].error if trials else 'no trials ran'}): "
                        f"see {experiment} for each trial's error")
-    best, state = results.best_readable(done, lambda t: _checkpoint_state(by_id[t.trial_id]), METRIC, str(experiment))
+    best, state = results.best_readable(done, lambda t: _checkpoint_state(by_id[t.trial_id]), str(experiment))
     trials = [best if t.trial_id == best.trial_id else t for t in trials]  # with its checkpoint's whole history
     return trials, best, state, resumed
 
@@ -395,11 +409,12 @@ def _new_tuner(cfg: TrainConfig, search_cfg: SearchConfig, fn, storage_path: str
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=search_cfg.grace_period,
                                reduction_factor=search_cfg.reduction_factor)
                  if search_cfg.early_stopping == "asha" else FIFOScheduler())
+    metric, mode = config.objective(search_cfg)
     return tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=-1,  # the study says when num_samples trials exist
-            search_alg=StudySearcher(), scheduler=scheduler, max_concurrent_trials=concurrent,
+            metric=metric, mode=mode, num_samples=-1,  # the study says when num_samples trials exist
+            search_alg=StudySearcher(metric, mode), scheduler=scheduler, max_concurrent_trials=concurrent,
             time_budget_s=search_cfg.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=search_cfg.name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
@@ -431,14 +446,14 @@ def _trial_dirname(trial) -> str:
     return f"trial_{int(number) if number.isdigit() else 0:03d}_{trial.trial_id}"
 
 
-def _trial(result, max_epochs: int, cut_by_budget: set[str], names: tuple[str, ...]) -> Trial:
+def _trial(result, max_epochs: int, cut_by_budget: set[str], names: tuple[str, ...], objective: tuple[str, str]) -> Trial:
     df = result.metrics_dataframe
     columns = [c for c in ("epoch", *EPOCH_METRICS) if df is not None and c in df]
-    history = df[columns].to_dict("records") if df is not None and METRIC in df else []
+    history = df[columns].to_dict("records") if df is not None and objective[0] in df else []
     error = _reason(result.error)
-    config = result.config or {}
-    return Trial.of(Path(result.path).name, {k: config[k] for k in names if k in config}, history, METRIC, max_epochs,
-                    error, cut_by_budget)
+    params = result.config or {}
+    return Trial.of(Path(result.path).name, {k: params[k] for k in names if k in params}, history, objective,
+                    max_epochs, error, cut_by_budget)
 
 
 class _CallableModule(types.ModuleType):

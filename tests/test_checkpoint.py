@@ -11,7 +11,7 @@ from job.errors import BadInput
 def state(epoch: int, **extra) -> dict:
     """A checkpoint's shape, with small values."""
     return {"format": "job-checkpoint/1", "model": {"w": torch.ones(1000)}, "optimizer": {}, "scheduler": {},
-            "scaler": {}, "epoch": epoch, "best_val_acc": 0.5, "best_epoch": epoch, "best_model": None, "history": [],
+            "scaler": {}, "epoch": epoch, "best_epoch": epoch, "best_model": None, "history": [],
             "config": {}, "classes": ["a", "b"], "preprocessing": {}, "data_fingerprint": "f", **extra}
 
 

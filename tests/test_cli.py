@@ -228,7 +228,7 @@ def test_help_shows_each_flags_type_and_default_and_every_flag_has_help():
         for flag in command._actions:
             assert flag.help, flag.option_strings
             if flag.dest in settings and flag.help != "==SUPPRESS==" and flag.nargs != 0 and not flag.required:
-                assert flag.metavar in ("N", "X", "MIN,MAX", "TEXT") and "(default " in flag.help, flag.option_strings
+                assert flag.metavar in ("N", "X", "MIN,MAX", "TEXT", "NAME=SPEC") and "(default " in flag.help, flag.option_strings
 
 
 def test_help_does_not_import_torch():

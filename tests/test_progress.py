@@ -32,7 +32,7 @@ def test_one_line_per_epoch_and_per_ended_trial_with_the_best_so_far():
 
 def test_summary_names_the_best_trial_its_settings_and_the_importances():
     t = Trial.of("trial_002_b", {"lr": 0.01, "gamma": 0.5}, [{"epoch": 1, "val_acc": 0.8, "val_loss": 0.3}],
-                 "val_acc", 2, "", set())
+                 ("val_acc", "max"), 2, "", set())
     r = Result("o", "o/best", 1, {}, t.history, seconds=12.4, trials=[t], best_trial=t, resumed=True,
                importances={"lr": 0.9, "gamma": 0.1})
     assert search_summary(r) == ["job tune: done in 12s (resumed): 1 stopped early (ASHA)",

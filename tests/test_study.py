@@ -7,9 +7,10 @@ import pytest
 from optuna.trial import TrialState
 
 import job.tune as tune
+from job.config import SearchConfig, TrainConfig, check_search
 from job.study import JOURNAL, Objective, Space, Study
 
-SPACE = Space.of(lr=(1e-4, 1e-1), step_size=(1, 4), gamma=(0.1, 0.1))
+SPACE = Space.of(check_search(TrainConfig(epochs=4), SearchConfig(gamma_range=(0.1, 0.1))))
 
 
 def study(folder, num_samples=3, seed=0) -> Study:
@@ -68,7 +69,7 @@ def test_the_ray_searcher_forwards_to_the_live_study_and_finishes(tmp_path, monk
     import pickle
 
     monkeypatch.setattr(tune.LIVE, "study", study(tmp_path, num_samples=1))
-    searcher = pickle.loads(pickle.dumps(tune.StudySearcher()))  # as Ray brings it back from the experiment
+    searcher = pickle.loads(pickle.dumps(tune.StudySearcher("val_acc", "max")))  # as Ray brings it back from the experiment
     config = searcher.suggest("t1")
     assert set(config) == {"lr", "step_size", "gamma"}
     searcher.on_trial_result("t1", {"training_iteration": 1, "val_acc": 0.4})

@@ -159,13 +159,25 @@ def test_a_diverging_trial_errors_with_its_reason_and_the_search_goes_on(data, t
         (["--set", "sampler=grid"], ["sampler = 'grid' is not known: choose one of tpe, random"]),
         (["--gpus-per-trial", "1"], ["gpus_per_trial = 1", "0 GPU"]),
         (["--storage", "/etc/hostname/ray"], ["storage '/etc/hostname/ray' is not writable"]),
-        (["--lr", "0.1"], ["job tune samples lr: set its range with --lr-range MIN,MAX"]),
+        (["--lr", "0.1"], ["lr = 0.1 is set, but job tune searches it", "--space lr=0.1"]),
+        (["--space", "optimizer=choice:sgd,adam"], ["space: optimizer = 'adam' is refused", "sgd, adamw"]),
+        (["--metric", "val_top5"], ["val_top5 needs 5 or more classes and the data has 3"]),
     ],
 )
 def test_bad_search_settings_fail_before_any_trial(data, tmp_path, flags, fragments):
     r = run_job("tune", "--data", data, *TINY, "--output", tmp_path / "out", "--storage", tmp_path / "ray", *flags)
     assert_error(r, EXIT_BAD_INPUT, *fragments)
     assert not (tmp_path / "ray" / "job-tune").exists() or not any((tmp_path / "ray" / "job-tune").glob("trial_*"))
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--space", "model=choice:tiny_cnn,resnet5", "--weights", "none"], "unknown model 'resnet5'"),
+    (["--space", "model=choice:tiny_cnn,resnet18"], "weights ResNet18_Weights.IMAGENET1K_V1 are not in the torch cache"),
+])
+def test_every_model_a_space_can_pick_is_checked_before_ray_starts(data, tmp_path, flags, fragment):
+    r = run_job("tune", "--data", data, "--image-size", "32", "--output", tmp_path / "o", "--storage", tmp_path / "r", *flags)
+    assert_error(r, EXIT_BAD_INPUT, fragment)
+    assert "preparing the data set" not in r.stderr
 
 
 def test_unreachable_ray_address_fails_fast(data, tmp_path):
@@ -243,3 +255,39 @@ def test_the_private_ray_keeps_its_files_where_only_this_user_can_enter(data, tm
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     assert not folder.exists()  # removed when the search stops
+
+
+def test_a_declared_space_and_metric_drive_the_search_its_tables_and_the_bundle(data, tmp_path):
+    """Any setting searched, any metric optimised: here val_loss (mode min) over lr, the optimizer and label
+    smoothing, with momentum fixed and step_size left alone."""
+    import optuna
+
+    (tmp_path / "c.toml").write_text('[tune]\nmetric = "val_loss"\n[tune.space]\nlr = { loguniform = [1e-3, 1e-1] }\n'
+                                     'optimizer = { choice = ["sgd", "adamw"] }\nlabel_smoothing = { uniform = [0.0, 0.2] }\n'
+                                     'momentum = 0.8\n')
+    common = ["--data", data, *TINY, "--epochs", "3", "--num-samples", "4", "--storage", tmp_path / "ray"]
+    r = run_job("tune", *common, "--config", tmp_path / "c.toml", "--output", tmp_path / "out", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    trials = result["trials"]
+    assert len(trials) == 4 and all("val_acc" not in t and "step_size" not in t for t in trials)
+    assert all(t["momentum"] == 0.8 and t["optimizer"] in ("sgd", "adamw") and 0 <= t["label_smoothing"] <= 0.2
+               and 1e-3 <= t["lr"] <= 1e-1 for t in trials)
+    best = result["best"]
+    assert best["val_loss"] == min(t["val_loss"] for t in trials if t["val_loss"] is not None)
+    manifest = json.loads((tmp_path / "out" / "best" / "bundle.json").read_text())
+    assert manifest["config"]["optimizer"] == best["optimizer"] and manifest["config"]["momentum"] == 0.8
+    assert manifest["config"]["step_size"] == 2  # not searched: the training setting as it was
+    history = json.loads((tmp_path / "out" / "trials.json").read_text())
+    best_history = next(t["history"] for t in history if t["trial_id"] == best["trial_id"])
+    assert manifest["best_epoch"] == min(best_history, key=lambda h: h["val_loss"])["epoch"]  # the epoch by the metric
+    header = next(csv.reader(open(tmp_path / "out" / "trials.csv")))
+    assert header[2:6] == ["lr", "optimizer", "label_smoothing", "momentum"] and "val_loss" in header
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "ray" / "job-tune" / "optuna.journal")))
+    study = optuna.load_study(study_name="job-tune", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert all(set(t.params) == {"lr", "optimizer", "label_smoothing"} for t in study.trials)
+    # the same experiment with another space is not resumed as if it were the same search
+    r = run_job("tune", *common, "--config", tmp_path / "c.toml", "--space", "optimizer=sgd", "--output", tmp_path / "o2")
+    assert_error(r, EXIT_BAD_INPUT, "started with other settings (space)")
