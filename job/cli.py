@@ -13,6 +13,7 @@ import atexit
 import errno
 import json
 import os
+import shlex
 import sys
 import types
 import typing
@@ -41,6 +42,7 @@ TRAIN_FLAGS = {
     "device": "auto, cpu, cuda or cuda:N",
 }
 BOOL_FLAGS = {"freeze_backbone": "train only the new head", "skip_bad_images": "skip unreadable images instead of failing"}
+TUNE_BOOL_FLAGS = {"enqueue_default": "run the training settings as they are as the first trial"}
 TUNE_FLAGS = {
     "metric": "the metric to optimise (val_acc, val_f1_macro, val_loss, ...)",
     "mode": "max or min; none: follows the metric",
@@ -53,6 +55,8 @@ TUNE_FLAGS = {
     "step_size_range": "MIN,MAX for step_size (integers); none: 1,epochs",
     "gamma_range": "MIN,MAX for gamma (uniform)",
     "storage": "where Ray keeps the experiment",
+    "study_storage": "an Optuna RDB URL for the study (default: optuna.journal in the experiment)",
+    "warm_start": "an earlier experiment (folder, s3://, optuna.journal or Optuna URL) to seed the sampler with",
     "name": "experiment name (an unfinished one is resumed)",
 }
 
@@ -113,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     for key, help in TUNE_FLAGS.items():
         flag = "--time-budget" if key == "time_budget_s" else "--" + key.replace("_", "-")
         _setting_flag(p, flag, config.SearchConfig, key, help)
+    for key, help in TUNE_BOOL_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, action="store_true", default=argparse.SUPPRESS, help=help)
     p.add_argument("--restart", action="store_true", help="start the experiment over instead of resuming it")
     p.add_argument("--output", metavar="DIR", help="where the best bundle and trials.csv go, local or s3:// (default: runs/<name>)")
     p.add_argument("--overwrite", action="store_true", help="replace another run's results in --output")
@@ -161,7 +167,7 @@ def resolve_config(args: argparse.Namespace, cls=None, base: dict | None = None)
     if cls is config.S3Config:
         flags = {"endpoint": args.s3_endpoint} if hasattr(args, "s3_endpoint") else {}
     else:
-        names = list(TUNE_FLAGS) if cls is config.SearchConfig else [*TRAIN_FLAGS, *BOOL_FLAGS]
+        names = [*TUNE_FLAGS, *TUNE_BOOL_FLAGS] if cls is config.SearchConfig else [*TRAIN_FLAGS, *BOOL_FLAGS]
         flags = {k: getattr(args, k) for k in names if hasattr(args, k)}
         if cls is config.SearchConfig and getattr(args, "space", None):
             flags["space"] = {k: v for item in args.space for k, v in spaces.parse(item, "--space").items()}
@@ -283,7 +289,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(report.table([[r[c] if r[c] is not None else "-" for c in columns] for r in rows],
                            ["#", "trial", *columns[2:]]))
         print(f"bundle:  {result.bundle}\ntrials:  {output}/trials.csv, {output}/trials.json\n"
-              f"plot:    {output}/trials.png\nnext:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
+              f"plot:    {output}/trials.png\nstudy:   optuna-dashboard {shlex.quote(result.study)}\n"
+              f"next:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
     return 0
 
 

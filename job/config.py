@@ -234,6 +234,11 @@ class SearchConfig(Settings):
     gpus_per_trial: float | None = _field(None, "GPUs per trial, 0 to 1 (0.5: two trials per GPU); default 1 when there are GPUs")
     max_failures: int = _field(2, "Times a crashed trial is retried from its last checkpoint")
     storage: str = _field("runs/ray", "Where Ray keeps the experiment (trial results and checkpoints)")
+    study_storage: str | None = _field(None, "An Optuna RDB URL (sqlite:///study.db, postgresql://user@host/db) to keep "
+                                       "the study in; default: the journal file optuna.journal in the experiment")
+    warm_start: str | None = _field(None, "An earlier search whose finished trials seed the sampler: its experiment "
+                                    "folder (local or s3://), its optuna.journal, or an Optuna URL[#study]")
+    enqueue_default: bool = _field(False, "Run the training settings as they are as the first trial")
     name: str = _field("job-tune", "Experiment name: an unfinished experiment of this name is resumed")
 
     def __post_init__(self) -> None:
@@ -256,6 +261,12 @@ class SearchConfig(Settings):
         if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 1:
             raise BadInput(f"gpus_per_trial = {self.gpus_per_trial:g} is out of range: a trial trains on one GPU, so give "
                            "0 to 1 (0.5 packs two trials per GPU)")
+        if self.study_storage is not None and re.match(r"^[a-z][a-z0-9+]*://[^/@]*:[^/@]*@", self.study_storage):
+            raise BadInput("study_storage holds a password: leave it out of the URL (it would be saved with the "
+                           "experiment and shown) and give it the database's own way, e.g. PGPASSWORD or ~/.pgpass")
+        if self.study_storage is not None and not re.match(r"^[a-z][a-z0-9+]*://", self.study_storage):
+            raise BadInput(f"study_storage = {_shown(self.study_storage)} is not a database URL: give e.g. "
+                           "sqlite:///study.db or postgresql://user@host/db, or leave it unset for the journal file")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise BadInput(f"name = {_shown(self.name)} is not a plain folder name: use letters, digits, '.', '_' and '-'")
 

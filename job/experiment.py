@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+from job import study
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
 from job.progress import say
@@ -20,7 +21,7 @@ from job.study import JOURNAL
 SETTINGS_FILE = "job-tune.json"  # beside Ray's files in the experiment folder: what the search was started with
 # Settings that may differ when an experiment is resumed: they change how it runs, not what it searches.
 RUNTIME_KEYS = {"time_budget_s", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage",
-                "device", "workers"}
+                "device", "workers", "warm_start", "enqueue_default"}  # the last two only shape a new study
 
 
 def settings(cfg: TrainConfig, search: SearchConfig) -> dict:
@@ -96,6 +97,19 @@ class Experiment:
         except JobError as e:
             say(f"warning: the Optuna study could not be saved to {self.journal_record} ({e}); trying again at the "
                 "next trial event")
+
+
+def study_source(spec: str, s3: S3Config | None, cache: Path) -> str | Path:
+    """Where a warm start reads an earlier study: an Optuna URL as it is; otherwise a journal file, or an
+    experiment folder holding one, local or s3:// (fetched into the cache)."""
+    if study.is_url(spec):
+        return spec
+    where = Location.parse(spec, s3)
+    record = where if str(where).rstrip("/").endswith("/" + JOURNAL) or str(where) == JOURNAL else where.join(JOURNAL)
+    if not record.exists():
+        raise BadInput(f"warm start: '{spec}' holds no {JOURNAL}: pass an earlier experiment's folder "
+                       "(storage/name), its journal file, or an Optuna storage URL")
+    return record.pull(cache)
 
 
 LEASE_S = 30.0  # a search that dies without releasing its lock holds it this long at most

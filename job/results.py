@@ -113,6 +113,7 @@ class Result:
     best_trial: Trial | None = None
     resumed: bool = False
     importances: dict[str, float] = dataclasses.field(default_factory=dict)
+    study: str = ""  # job tune: the Optuna study's storage (journal file or URL), for optuna-dashboard
 
     def summary(self) -> dict:
         """As --json prints it."""
@@ -121,7 +122,8 @@ class Result:
         if self.best_trial is None:
             return out | {"resumed_from_epoch": self.resumed_from, "skipped_images": self.skipped}
         return out | {"experiment": self.experiment, "resumed": self.resumed, "best": self.best_trial.row(),
-                      "trials": [t.row() for t in self.trials], "importances": self.importances}
+                      "trials": [t.row() for t in self.trials], "importances": self.importances,
+                      "study": self.study}
 
 
 # What a run writes into its output: `--overwrite` replaces these, and leaves every other file alone.

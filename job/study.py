@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -19,11 +20,14 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from job.errors import BadInput
 from job.space import Dimension
 
 JOURNAL = "optuna.journal"
+METRIC = "metric"  # a study attribute: the metric its values are of
+WARM_FROM = "warm_start_from"  # a trial attribute: where a warm-start trial came from
 RAY_TRIAL_ID = "ray_trial_id"
 LOST = "lost_ray_trial_ids"  # a study attribute: trials asked for that the experiment never recorded
 
@@ -56,15 +60,43 @@ class Objective:
     max_steps: int  # a trial told before this many steps was stopped early (PRUNED)
 
 
+def storage_of(where: Path | str):
+    """Optuna's storage for a study: the journal file `where`, or an Optuna RDB URL (sqlite:///..., postgresql://...)."""
+    if is_url(str(where)):
+        try:
+            return optuna.storages.RDBStorage(str(where))
+        except Exception as e:  # SQLAlchemy and its drivers raise many types: a bad URL, a missing driver, no server
+            raise BadInput(f"the Optuna storage {redact(str(where))} cannot be opened ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:150]}): check the URL and that its database driver is "
+                           "installed") from None
+    return JournalStorage(JournalFileBackend(str(where)))
+
+
+def is_url(where: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+]*://", where) is not None and not where.startswith("s3://")
+
+
+def redact(url: str) -> str:
+    """A URL as it may be shown: without a password."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
 class Study:
     """The study of one experiment, asked and told by trial key (Ray's trial id)."""
 
-    def __init__(self, journal: Path, name: str, space: Space, objective: Objective, sampler: str, seed: int,
-                 startup_trials: int, num_samples: int, on_change: Callable[[], None] = lambda: None):
+    def __init__(self, where: Path | str, name: str, space: Space, objective: Objective, sampler: str, seed: int,
+                 startup_trials: int, num_samples: int, on_change: Callable[[], None] = lambda: None,
+                 fresh: bool = False, warm: list[FrozenTrial] = (), first: dict | None = None):
+        """`where`: the journal file or an RDB URL. A `fresh` study drops one of the same name left in an RDB by an
+        earlier experiment. A new study takes the `warm` trials (finished trials of an earlier search) and runs
+        `first` (settings) as its first trial."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-        self.space, self.objective, self.num_samples, self.on_change = space, objective, num_samples, on_change
-        existing = len(optuna.get_all_study_names(storage)) and name in optuna.get_all_study_names(storage)
+        storage = storage_of(where)
+        self.where, self.space, self.objective, self.num_samples, self.on_change = where, space, objective, num_samples, on_change
+        existing = name in optuna.get_all_study_names(storage)
+        if existing and fresh:
+            optuna.delete_study(study_name=name, storage=storage)
+            existing = False
         previous = len(optuna.load_study(study_name=name, storage=storage).trials) if existing else 0
         # A resumed search draws new numbers, not the first run's again: the sampler's seed moves on with the study.
         sampler_seed = seed + previous
@@ -72,6 +104,11 @@ class Study:
                   else optuna.samplers.RandomSampler(seed=sampler_seed))
         self.study = optuna.create_study(study_name=name, storage=storage, sampler=chosen, load_if_exists=True,
                                          direction="maximize" if objective.mode == "max" else "minimize")
+        if not existing:
+            self.study.set_user_attr(METRIC, objective.metric)
+            self.study.add_trials(warm)  # the sampler learns from them; they are not trials of this search
+            if first:
+                self.study.enqueue_trial(first)
         lost = set(self.study.user_attrs.get(LOST, []))
         self.numbers = {t.user_attrs[RAY_TRIAL_ID]: t.number for t in self.study.trials
                         if RAY_TRIAL_ID in t.user_attrs and t.user_attrs[RAY_TRIAL_ID] not in lost}
@@ -111,6 +148,9 @@ class Study:
         frozen = self.study.trials[number] if number is not None else None
         if frozen is None or frozen.state != TrialState.RUNNING:
             return
+        if metrics and not failed:  # Ray gives a trial's last result to on_trial_complete only: its epoch too
+            self.report(key, steps, metrics)
+            frozen = self.study.trials[number]
         last = (metrics or {}).get(self.objective.metric)
         values = [*frozen.intermediate_values.values(), *self.seen.get(key, []),
                   *([float(last)] if last is not None and math.isfinite(last) else [])]
@@ -149,3 +189,58 @@ class Study:
                 return optuna.importance.get_param_importances(self.study)
         except (RuntimeError, ValueError):  # e.g. every finished trial has the same parameters
             return {}
+
+
+def warm_trials(where: Path | str, label: str, space: Space, objective: Objective) -> list[FrozenTrial]:
+    """The finished trials (complete, and stopped early with their per-epoch values) of the study at `where` (a
+    journal file, or an RDB URL with `#study` when it holds several), as trials of this search's space, to warm
+    start its sampler. Refused when the study optimised another metric or direction, or searched other settings;
+    trials outside this space's ranges and choices are left out."""
+    url, _, wanted = str(where).partition("#") if is_url(str(where)) else (str(where), "", "")
+    storage = storage_of(url)
+    names = optuna.get_all_study_names(storage)
+    if wanted and wanted not in names or not names:
+        raise BadInput(f"warm start: {label} holds no Optuna study{' named ' + wanted if wanted else ''}: pass an "
+                       "earlier experiment's folder, its optuna.journal, or an Optuna storage URL")
+    if not wanted and len(names) > 1:
+        raise BadInput(f"warm start: {label} holds {len(names)} studies ({', '.join(names[:5])}): name one, URL#study")
+    source = optuna.load_study(study_name=wanted or names[0], storage=storage)
+    metric = source.user_attrs.get(METRIC, "val_acc")  # job's journals before the metric could be chosen
+    mode = "max" if source.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
+    if (metric, mode) != (objective.metric, objective.mode):
+        raise BadInput(f"warm start: {label} optimised {metric} ({mode}), this search {objective.metric} "
+                       f"({objective.mode}): warm start from a search of the same metric")
+    finished = [t for t in source.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.params]
+    searched = set(space.searched)
+    theirs = set().union(*(t.params for t in finished)) if finished else set()
+    if theirs != searched:
+        raise BadInput(f"warm start: {label} searched {', '.join(sorted(theirs)) or 'nothing finished'}, this space "
+                       f"searches {', '.join(sorted(searched))}: warm start from a search of the same settings")
+    fit = [t for t in finished if all(_contains(space.searched[k], t.params[k]) for k in searched)]
+    if not fit:
+        raise BadInput(f"warm start: none of the {len(finished)} finished trials of {label} lies inside this space's "
+                       "ranges and choices: widen the space, or warm start from another search")
+    return [optuna.trial.create_trial(
+        params={k: t.params[k] for k in searched}, distributions=dict(space.searched), state=t.state,
+        value=t.value if t.state == TrialState.COMPLETE else None, intermediate_values=t.intermediate_values,
+        user_attrs={WARM_FROM: f"{label} trial {t.number}"}) for t in fit]
+
+
+def _contains(distribution: BaseDistribution, value: Any) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return any(type(value) is type(c) and value == c for c in distribution.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(distribution, IntDistribution) and value != int(value):
+        return False
+    return distribution.low <= value <= distribution.high
+
+
+def first_trial(space: Space, base: dict) -> dict:
+    """The training settings as they are, as the first trial of the search (--enqueue-default)."""
+    first = {k: base[k] for k in space.searched}
+    outside = [f"{k} = {v!r}" for k, v in first.items() if not _contains(space.searched[k], v)]
+    if outside:
+        raise BadInput(f"enqueue_default: the training settings' {', '.join(outside)} lie outside the space: widen the "
+                       "space or change the setting")
+    return first

@@ -29,10 +29,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from job import bundle, checkpoint, config, cpus, model, results, run, signals, storage
+from job import bundle, checkpoint, config, cpus, model, results, run, signals, storage, study
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
-from job.experiment import Experiment, Lock
+from job.experiment import Experiment, Lock, study_source
 from job.loop import Diverged
 from job.metrics import EPOCH_METRICS
 from job.progress import Counts, SearchView, say
@@ -313,12 +313,19 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     # every check that can fail does so before Ray starts
     dims = config.check_search(cfg, search_cfg)
     _check_models(dims, cfg)
+    space, (metric, mode) = Space.of(dims), config.objective(search_cfg)
+    objective = Objective(metric, mode, cfg.epochs)
+    first = study.first_trial(space, cfg.to_dict()) if search_cfg.enqueue_default else None
     experiment, out = Experiment(search_cfg, s3), Location.parse(output, s3)
     resume = experiment.check(cfg, search_cfg, restart)
     out.claim(overwrite or restart, owner=str(experiment), data=cfg.data)
     if os.environ.get("RAY_ADDRESS"):
         _probe(os.environ["RAY_ADDRESS"])
     cache = run.cache_dir()
+    warm = study.warm_trials(study_source(search_cfg.warm_start, s3, cache), search_cfg.warm_start, space, objective) \
+        if search_cfg.warm_start else []
+    if warm:
+        note(f"warm start: the sampler begins with {len(warm)} finished trials of {search_cfg.warm_start}")
     with Lock(experiment, note=note), _environment():
         try:
             fingerprint, classes = _prepare_remotely(cfg, s3, note) if os.environ.get("RAY_ADDRESS") else \
@@ -333,8 +340,8 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
                                "pass --storage s3://bucket/prefix so every node can reach the experiment")
             if restart:
                 experiment.delete(cache)
-            trials, best, state, resumed = _run(cfg, search_cfg, Space.of(dims), experiment, resume, progress, note,
-                                                s3, cache, fingerprint)
+            trials, best, state, resumed = _run(cfg, search_cfg, space, objective, experiment, resume, progress,
+                                                note, s3, cache, fingerprint, warm, first)
         finally:
             # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
             ray.shutdown()
@@ -343,11 +350,12 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
         results.clear(staged)  # an earlier run's files never mix with this one's
     metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment))
     out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
-    importances = LIVE.study.importances()
+    importances, where = LIVE.study.importances(), LIVE.study.where
     LIVE.study = LIVE.view = None
     return Result(str(out), str(out.join(bundle.BEST_DIR)), best.best_epoch, metrics, best.history,
                   seconds=time.perf_counter() - started, experiment=str(experiment), trials=trials, best_trial=best,
-                  resumed=resumed, importances=importances)
+                  resumed=resumed, importances=importances,
+                  study=study.redact(where) if isinstance(where, str) else str(where))
 
 
 def _check_models(dims: list[Dimension], cfg: TrainConfig) -> None:
@@ -361,8 +369,9 @@ def _check_models(dims: list[Dimension], cfg: TrainConfig) -> None:
                 model.check_weights(name, weights)
 
 
-def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, experiment: Experiment, resume: bool,
-         progress: bool, note, s3: S3Config | None, cache: Path, fingerprint: str):
+def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, objective: Objective, experiment: Experiment,
+         resume: bool, progress: bool, note, s3: S3Config | None, cache: Path, fingerprint: str,
+         warm: list, first: dict | None):
     """The Tuner, new or restored, run to its end: (trials, best trial, its checkpoint state, resumed)."""
     resources, concurrent = _resources(search_cfg, cfg)
     storage_path, fs = experiment.storage.for_ray()
@@ -371,10 +380,11 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, experiment: E
     if not resumed:
         experiment.start(cfg, search_cfg, cache, fingerprint)
     startup = search_cfg.startup_trials or min(10, max(2, search_cfg.num_samples // 3))
-    metric, mode = config.objective(search_cfg)
-    LIVE.study = Study(experiment.journal(cache), search_cfg.name, space, Objective(metric, mode, cfg.epochs),
-                       search_cfg.sampler, cfg.seed, startup, search_cfg.num_samples,
-                       on_change=lambda: experiment.save_journal(cache))
+    metric, mode = objective.metric, objective.mode
+    rdb = search_cfg.study_storage
+    LIVE.study = Study(rdb or experiment.journal(cache), search_cfg.name, space, objective, search_cfg.sampler,
+                       cfg.seed, startup, search_cfg.num_samples, fresh=not resumed, warm=warm, first=first,
+                       on_change=(lambda: None) if rdb else lambda: experiment.save_journal(cache))
     LIVE.view = SearchView(search_cfg.num_samples, cfg.epochs, metric, enabled=progress, mode=mode)
     LIVE.reconciled = False
     fn = tune.with_resources(tune.with_parameters(trainable, base=cfg.to_dict(), threads=resources["cpu"],

@@ -76,6 +76,7 @@ def test_the_ray_searcher_forwards_to_the_live_study_and_finishes(tmp_path, monk
     searcher.on_trial_complete("t1", {"training_iteration": 4, "val_acc": 0.5})
     assert searcher.suggest("t2") == tune.Searcher.FINISHED
     assert tune.LIVE.study.study.trials[0].value == 0.5
+    assert tune.LIVE.study.study.trials[0].intermediate_values == {1: 0.4, 4: 0.5}  # the last epoch comes with the end
 
 
 def test_importances_name_the_searched_settings(tmp_path):
@@ -113,3 +114,77 @@ def test_a_resumed_search_runs_num_samples_trials_whichever_record_a_kill_left_b
     ahead.ask("a")
     ahead.reconcile({"a", "x", "y"})  # the experiment holds two trials whose records did not reach the journal
     assert ahead.ask("z") is None
+
+
+def finished_search(folder, n=4, metric="val_acc", mode="max"):
+    """An earlier search's study: n trials, the first stopped early (PRUNED) after 2 of 4 epochs, the rest complete."""
+    s = Study(folder / JOURNAL, "old", SPACE, Objective(metric, mode, max_steps=4), "random", 0, 2, n)
+    for i in range(n):
+        key = f"t{i}"
+        s.ask(key)
+        steps = 2 if i == 0 else 4
+        for step in range(1, steps + 1):
+            s.report(key, step, {metric: 0.1 * i + 0.01 * step})
+        s.tell(key, steps, None, failed=False)
+    return s
+
+
+def test_a_warm_start_feeds_an_earlier_searchs_finished_trials_to_the_sampler_and_still_runs_num_samples(tmp_path):
+    from job.study import WARM_FROM, warm_trials
+
+    (tmp_path / "old").mkdir()
+    old = finished_search(tmp_path / "old")
+    warm = warm_trials(tmp_path / "old" / JOURNAL, "runs/ray/old", SPACE, Objective("val_acc", "max", 4))
+    assert len(warm) == 4 and [t.state for t in warm] == [TrialState.PRUNED] + [TrialState.COMPLETE] * 3
+    assert warm[0].intermediate_values == {1: 0.01, 2: 0.02} and warm[3].value == old.study.trials[3].value
+    s = Study(tmp_path / JOURNAL, "new", SPACE, Objective("val_acc", "max", 4), "tpe", 0, 2, num_samples=2, warm=warm)
+    assert s.ask("a") and s.ask("b") and s.ask("c") is None  # warm trials are the sampler's, not the search's
+    trials = s.study.trials
+    assert len(trials) == 6 and trials[0].user_attrs[WARM_FROM] == "runs/ray/old trial 0"
+    assert s.study.user_attrs["metric"] == "val_acc"
+
+
+@pytest.mark.parametrize("space, objective, fragment", [
+    (SPACE, Objective("val_loss", "min", 4), "optimised val_acc (max), this search val_loss (min)"),
+    (Space.of(check_search(TrainConfig(epochs=4), SearchConfig(space={"lr": {"loguniform": [1e-4, 1e-1]}}))),
+     Objective("val_acc", "max", 4), "searched lr, step_size, this space searches lr"),
+    (Space.of(check_search(TrainConfig(epochs=4), SearchConfig(lr_range=(0.5, 0.6), gamma_range=(0.1, 0.1)))),
+     Objective("val_acc", "max", 4), "none of the 4 finished trials"),
+])
+def test_a_warm_start_from_a_search_that_does_not_fit_is_refused(tmp_path, space, objective, fragment):
+    from job.errors import BadInput
+    from job.study import warm_trials
+
+    finished_search(tmp_path)
+    with pytest.raises(BadInput, match="warm start: .*" + fragment.replace("(", r"\(").replace(")", r"\)")):
+        warm_trials(tmp_path / JOURNAL, "old", space, objective)
+
+
+def test_the_default_settings_can_run_as_the_first_trial(tmp_path):
+    from job.errors import BadInput
+    from job.study import first_trial
+
+    first = first_trial(SPACE, TrainConfig(lr=0.01, step_size=2).to_dict())
+    s = Study(tmp_path / JOURNAL, "s", SPACE, Objective("val_acc", "max", 4), "tpe", 0, 2, 3, first=first)
+    assert s.ask("a") == {"lr": 0.01, "step_size": 2, "gamma": 0.1}
+    assert s.ask("b")["lr"] != 0.01
+    with pytest.raises(BadInput, match="lr = 0.5 lie outside the space"):
+        first_trial(SPACE, TrainConfig(lr=0.5).to_dict())
+
+
+def test_a_study_in_an_rdb_url_and_a_fresh_one_drops_the_old(tmp_path):
+    from job.errors import BadInput
+    from job.study import redact, storage_of
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    s = Study(url, "s", SPACE, Objective("val_acc", "max", 4), "tpe", 0, 2, 3)
+    s.ask("a")
+    again = Study(url, "s", SPACE, Objective("val_acc", "max", 4), "tpe", 0, 2, 3)
+    assert len(again.study.trials) == 1
+    fresh = Study(url, "s", SPACE, Objective("val_acc", "max", 4), "tpe", 0, 2, 3, fresh=True)
+    assert len(fresh.study.trials) == 0
+    with pytest.raises(BadInput, match=r"postgresql://u:\*\*\*@127.0.0.1:9/db cannot be opened"):
+        storage_of("postgresql://u:secret@127.0.0.1:9/db")
+    assert redact("mysql://me:pw@host/db") == "mysql://me:***@host/db"
+    with pytest.raises(BadInput, match="study_storage holds a password"):
+        SearchConfig(study_storage="postgresql://u:secret@host/db")

@@ -291,3 +291,59 @@ def test_a_declared_space_and_metric_drive_the_search_its_tables_and_the_bundle(
     # the same experiment with another space is not resumed as if it were the same search
     r = run_job("tune", *common, "--config", tmp_path / "c.toml", "--space", "optimizer=sgd", "--output", tmp_path / "o2")
     assert_error(r, EXIT_BAD_INPUT, "started with other settings (space)")
+
+
+def test_optuna_dashboard_shows_the_study_with_every_trial_pruned_ones_and_their_epochs(searched):
+    """The journal beside the experiment is Optuna storage that optuna-dashboard itself opens (its HTTP API)."""
+    import socket
+    import urllib.request
+
+    root, result, _ = searched
+    journal = root / "ray" / "job-tune" / "optuna.journal"
+    assert result["study"] == str(journal)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "optuna-dashboard"), str(journal),
+                                  "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                studies = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5).read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        (summary,) = studies["study_summaries"]
+        assert summary["study_name"] == "job-tune" and summary["directions"] == ["maximize"]
+        study = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10).read())
+    finally:
+        dashboard.terminate()
+        dashboard.wait(10)
+    states = {t["user_attrs"][0]["value"] if t["user_attrs"] else t["number"]: t for t in study["trials"]}
+    assert len(study["trials"]) == 6
+    by_status = {t["trial_id"]: t for t in result["trials"]}
+    for ray_id, t in states.items():
+        expected = "Pruned" if by_status[ray_id]["status"] == "stopped early (ASHA)" else "Complete"
+        assert t["state"] == expected and len(t["intermediate_values"]) == by_status[ray_id]["epochs"]
+
+
+def test_a_warm_started_search_in_an_rdb_runs_the_default_first_and_learns_from_the_earlier_one(searched, data):
+    import optuna
+
+    root, _, _ = searched
+    url = f"sqlite:///{root}/study.db"
+    r = run_job("tune", "--data", data, *SEARCH, "--num-samples", "2", "--storage", root / "ray", "--name", "warm",
+                "--output", root / "warm-out", "--warm-start", root / "ray" / "job-tune", "--enqueue-default",
+                "--study-storage", url)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "warm start: the sampler begins with 6 finished trials" in r.stderr
+    assert f"study:   optuna-dashboard {url}" in r.stdout
+    study = optuna.load_study(study_name="warm", storage=url)
+    warm = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    own = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
+    assert len(warm) == 6 and len(own) == 2
+    assert own[0].params == {"lr": 0.01, "step_size": 2, "gamma": 0.1}  # the training settings as they are
+    assert not (root / "ray" / "warm" / "optuna.journal").exists()
+    r = run_job("tune", "--data", data, *SEARCH, "--storage", root / "ray", "--name", "warm2", "--output",
+                root / "warm2", "--warm-start", root / "ray" / "job-tune", "--metric", "val_loss")
+    assert_error(r, EXIT_BAD_INPUT, "warm start:", "optimised val_acc (max), this search val_loss (min)")
