@@ -37,10 +37,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 
-# Dependencies first, from pyproject.toml alone: a change to job's code does not reinstall them.
+# Dependencies first, from pyproject.toml alone (with the `export` extra: `job export --format onnx` works in the
+# image): a change to job's code does not reinstall them.
 WORKDIR /opt/job
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['export']))" > requirements.txt \
  && pip install -r requirements.txt \
  && python -c "import torch, torchvision; assert (torch.__version__.split('+')[0], torchvision.__version__.split('+')[0]) == ('2.14.1', '0.29.1'), 'torch/torchvision differ from pyproject.toml'"
 

@@ -5,16 +5,16 @@
     model = job.load(result.output)
     model.predict(["photos/cat/1.jpg"])
 
-`job.train`, `job.tune` and `job.load` are the library API (see job/api.py); the `job` command is a thin layer over
+`job.train`, `job.tune`, `job.load` and `job.export` are the library API (see job/api.py); the `job` command is a thin layer over
 them. Importing job imports neither torch nor Ray.
 """
 
-from job.api import load, train, tune
+from job.api import export, load, train, tune
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, Interrupted, JobError
 
 __version__ = "0.1.0"
-__all__ = ["train", "tune", "load", "TrainConfig", "SearchConfig", "S3Config", "JobError", "BadInput", "Interrupted",
+__all__ = ["train", "tune", "load", "export", "TrainConfig", "SearchConfig", "S3Config", "JobError", "BadInput", "Interrupted",
            "Result", "Trial", "Model", "Evaluation"]
 
 

@@ -101,3 +101,35 @@ def load(path: str | Path, device: str = "auto", s3: S3Config | Mapping | None =
 
     with _as_found():
         return inference.load(Location.parse(path, _settings(S3Config, s3, "s3")), run.cache_dir(), device)
+
+
+def export(path: str | Path, format: str = "onnx", output: str | Path | None = None, *, data: str = "fashion-mnist",
+           overwrite: bool = False, s3: S3Config | Mapping | None = None) -> dict:
+    """The model of a bundle (local or s3://) as ONNX, TorchScript or safetensors in `output` (local or s3://), with
+    a config.json of its classes and preprocessing, verified on up to 64 real images of `data` (an image folder,
+    or the built-in data set) against the bundle's own model. Returns config.json (with `output` added)."""
+    import tempfile
+
+    from job import inference, portable as exporting, run
+    from job.storage import RUN_FILE, Location
+
+    if format not in exporting.FORMATS:
+        raise BadInput(f"format {format!r} is not known: choose one of {', '.join(exporting.FORMATS)}")
+    with _as_found():
+        s3 = _settings(S3Config, s3, "s3")
+        cache = run.cache_dir()
+        out = Location.parse(output or default_output(f"export-{format}"), s3)
+        out.check_writable("output folder" if not out.remote else "output")
+        held = next((name for name in (exporting.CONFIG, RUN_FILE) if out.exists(name)), None)
+        if held and not overwrite:
+            raise BadInput(f"output '{out}' already holds {'an export' if held == exporting.CONFIG else 'a run'}: pass "
+                           "--overwrite to replace it, or choose another --output")
+        model = inference.load(Location.parse(path, s3), cache, "cpu")
+        root = inference.eval_root(data, model, cache) if data in inference.builtin.NAMES else \
+            Location.parse(data, s3).pull(cache, folder=True)
+        images = exporting.check_images(model, inference.expand([str(root)]))
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="job-export-", dir=cache) as staged:
+            config = exporting.export(model, format, Path(staged), images, str(path))
+            out.install(Path(staged), last=exporting.CONFIG, owned=exporting.EXPORT_FILES)
+        return config | {"output": str(out)}

@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     p.set_defaults(func=cmd_predict, config=None, set=[])
 
+    p = sub.add_parser("export", help="the model as ONNX, TorchScript or safetensors with a config.json, verified")
+    p.add_argument("bundle", metavar="BUNDLE", help="run folder or bundle folder, local or s3://")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"), help="what to write")
+    p.add_argument("--output", metavar="DIR", help="where to write, local or s3:// (default: runs/export-<format>-<time>)")
+    p.add_argument("--data", default="fashion-mnist", metavar="DIR",
+                   help="images to verify the export on (up to 64; default: the built-in fashion-mnist)")
+    p.add_argument("--overwrite", action="store_true", help="replace an export or run already in --output")
+    p.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    _add_output_flags(p)
+    p.set_defaults(func=cmd_export, config=None, set=[])
+
     p = sub.add_parser("config", help="list every setting with its default and meaning")
     p.set_defaults(func=cmd_config)
 
@@ -345,6 +356,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     table = [[r["file"], *(f"{p['label']} {p['probability']:.3f}" for p in r["predictions"])] for r in rows]
     k = len(rows[0]["predictions"]) if rows else 0
     print(report.table(table, ["file", *(f"top-{i + 1}" for i in range(k))]))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from job import cpus
+
+    cpus.limit_torch_threads()
+    if not args.quiet and not args.json:
+        say(f"exporting {args.bundle} as {args.format} and checking it against the bundle's model")
+    result = api.export(args.bundle, args.format, args.output, data=args.data, overwrite=args.overwrite,
+                        s3=resolve_config(args, config.S3Config))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    v = result["verified"]
+    print(f"{result['output']}/{result['file']}: {args.format}, {result['num_classes']} classes, input "
+          f"{'x'.join(map(str, result['input']['shape']))} ({result['library']} {result['architecture']})")
+    print(f"verified on {v['images']} images at batch sizes {v['batch_sizes'][0]} and {v['batch_sizes'][1]}: top-1 agrees "
+          f"on {v['top1_agree']}/{v['images']}, probabilities within {v['max_abs_prob_diff']:.1e} (allowed {v['tolerance']:.0e})")
+    if not args.quiet:
+        print(f"config:  {result['output']}/config.json")
     return 0
 
 

@@ -129,15 +129,8 @@ def predict(b: Model, paths: list[str], top_k: int, batch_size: int = 64, skip_b
     """
     files = expand(paths)
     prep, device = b.prep, next(b.net.parameters()).device
-    off, size = (prep.resize_size - prep.image_size) // 2, prep.image_size
     k = min(top_k, len(b.classes))
-
-    def decode(f: Path) -> np.ndarray | None:
-        try:
-            return data.load_image(f.read_bytes(), prep.resize_size, prep.interpolation)[off : off + size, off : off + size]
-        except data.BAD_IMAGE:
-            return None
-
+    decode = _decoder(prep)
     out, bad = [], []
     with concurrent.futures.ThreadPoolExecutor() as pool:
         for start in range(0, len(files), batch_size):
@@ -153,3 +146,25 @@ def predict(b: Model, paths: list[str], top_k: int, batch_size: int = 64, skip_b
                 out.append({"file": str(f), "predictions": [{"label": b.classes[j], "probability": float(q)} for q, j in zip(p, i)]})
     data.check_bad(bad, skip_bad)
     return out
+
+
+def _decoder(prep: data.Preprocessing):
+    """file -> the centre crop the model sees (HWC uint8), or None for an unreadable file."""
+    off, size = (prep.resize_size - prep.image_size) // 2, prep.image_size
+
+    def decode(f: Path) -> np.ndarray | None:
+        try:
+            return data.load_image(f.read_bytes(), prep.resize_size, prep.interpolation)[off : off + size, off : off + size]
+        except data.BAD_IMAGE:
+            return None
+
+    return decode
+
+
+def decode_batch(prep: data.Preprocessing, files: list[Path]) -> torch.Tensor | None:
+    """The readable ones of `files` as one normalised float32 NCHW batch, exactly as `predict` feeds the model."""
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        decoded = [img for img in pool.map(_decoder(prep), files) if img is not None]
+    if not decoded:
+        return None
+    return data.normalise(torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2), prep).float().contiguous()

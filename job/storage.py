@@ -532,6 +532,21 @@ class Location:
                     self.join(name).delete()
             self.store.upload_folder(staged, self.url, last=last)
 
+    def install(self, staged: Path, last: str, owned: tuple[str, ...] = ()) -> None:
+        """`publish` for files staged in another local folder: each is copied in under a temporary name and renamed,
+        `last` (a manifest) after every other file; files named in `owned` that the stage lacks are removed."""
+        if self.remote:
+            return self.publish(staged, last, owned)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / last).unlink(missing_ok=True)  # first: a half-replaced folder is never taken as complete
+        for name in owned:
+            if not (staged / name).exists() and (self.path / name).is_file():
+                (self.path / name).unlink()
+        for f in sorted((f for f in staged.iterdir() if f.is_file()), key=lambda f: f.name == last):
+            partial = self.path / (f.name + ".partial")
+            shutil.copyfile(f, partial)
+            os.replace(partial, self.path / f.name)
+
     def pull(self, cache: Path, folder: bool = False) -> Path:
         """A local path holding this location's content: itself, or for s3:// a copy in the cache (a folder is
         mirrored, a file downloaded; unchanged objects are not downloaded again)."""

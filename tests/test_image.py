@@ -1,7 +1,8 @@
 """The container image, built and run here without a Docker engine: the project's own Dockerfile built by buildah
 (`--isolation chroot`, vfs storage) from a local debootstrap copy of its base (Debian bookworm; registries cannot be
 reached here, and the base's source is the only thing swapped), then run as uid 1000 with no network: `job --help`,
-`job train`, `job tune` and `job evaluate` of their outputs, every write in the folders the Dockerfile declares.
+`job train`, `job tune`, `job evaluate` and `job export` of their outputs, every write in the folders the Dockerfile
+declares.
 And the README's quickstart, run as written in a fresh Debian root made by the same debootstrap.
 
 Needs root, buildah, debootstrap and unshare (`.ci/run` installs them). Selected by `-m image`; the build takes
@@ -146,7 +147,7 @@ def test_the_image_answers_help_as_a_non_root_user(container):
     assert r.stdout.strip() == str(UID)
 
 
-def test_train_tune_and_evaluate_offline_write_only_the_declared_folders(container):
+def test_train_tune_evaluate_and_export_offline_write_only_the_declared_folders(container):
     name, host = container
     rootfs = Path(_run([*BUILDAH, "mount", name]).stdout.strip())
     marker = host / "started"
@@ -162,6 +163,9 @@ def test_train_tune_and_evaluate_offline_write_only_the_declared_folders(contain
     r = run_in(container, "job", "evaluate", "/work/tune", "--data", "fashion-mnist", "--output", "/work/eval", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     assert 0 <= json.loads(r.stdout)["val_acc"] <= 1
+    r = run_in(container, "job", "export", "/work/tune", "--format", "onnx", "--output", "/work/onnx", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]  # the export extra is in the image
+    assert json.loads(r.stdout)["verified"]["top1_agree"] == 64 and (host / "work/onnx/model.onnx").is_file()
 
     # every file the runs wrote is uid 1000's, in the bound folders; the image's own file system is as it was
     written = [p for p in host.rglob("*") if p.lstat().st_mtime > marker.stat().st_mtime]
