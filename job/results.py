@@ -14,6 +14,7 @@ from job.errors import JobError
 from job.progress import say
 from job.files import write_json
 from job.storage import RUN_FILE
+from job.tracking import TENSORBOARD_DIR
 
 
 @dataclasses.dataclass
@@ -128,7 +129,7 @@ class Result:
 
 # What a run writes into its output: `--overwrite` replaces these, and leaves every other file alone.
 RUN_FILES = (RUN_FILE, CHECKPOINT_NAME, "history.json", "history.csv", "curves.png", "trials.json",
-             "trials.csv", "trials.png", bundle.BEST_DIR)
+             "trials.csv", "trials.png", bundle.BEST_DIR, TENSORBOARD_DIR)
 
 
 def clear(folder: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from job import builtin, bundle, checkpoint, data, model, report, results
+from job import builtin, bundle, checkpoint, data, model, report, results, tracking
 from job.config import S3Config, TrainConfig
 from job.errors import BadInput
 from job.files import write_json
@@ -119,11 +119,16 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, o
         s.fit.restore(resume)
     write_json(staged / RUN_FILE, run_record("running", meta))
     start_epoch = s.fit.epoch
-    for epoch in s.fit:
-        checkpoint.save(epoch.checkpoint() | s.meta(cfg), staged / checkpoint.CHECKPOINT_NAME)
-        report.write_history(staged, s.fit.history)
-        if on_epoch:
-            on_epoch(epoch)
+    events = tracking.TensorBoard(staged / tracking.TENSORBOARD_DIR)
+    try:
+        for epoch in s.fit:
+            checkpoint.save(epoch.checkpoint() | s.meta(cfg), staged / checkpoint.CHECKPOINT_NAME)
+            report.write_history(staged, s.fit.history)
+            events.epoch(epoch.epoch, epoch.metrics)
+            if on_epoch:
+                on_epoch(epoch)
+    finally:
+        events.close()
     best = next(h for h in s.fit.history if h["epoch"] == s.fit.best_epoch)
     info = bundle.Info(model=cfg.model, classes=s.folder.classes, prep=s.prep, config=cfg.to_dict(), metrics=best,
                        best_epoch=s.fit.best_epoch, data_fingerprint=s.fingerprint)

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from job import bundle, checkpoint, config, cpus, model, results, run, signals, storage, study
+from job import bundle, checkpoint, config, cpus, model, results, run, signals, storage, study, tracking
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError
 from job.experiment import Experiment, Lock, study_source
@@ -167,6 +168,37 @@ class ProgressEvents(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
+
+
+class TrialEvents(TBXLoggerCallback):
+    """Each trial's TensorBoard event file in its folder, under the tags `job train` writes (tracking.py). A
+    TBXLoggerCallback, so Ray does not add its own beside it (tags ray/tune/*, every number Ray reports); only its
+    public logger hooks are overridden."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: dict[str, tracking.TensorBoard] = {}
+
+    def log_trial_start(self, trial):
+        self.log_trial_end(trial)
+        trial.init_local_path()
+        self.events[trial.trial_id] = tracking.TensorBoard(Path(trial.local_path))
+
+    def log_trial_result(self, iteration, trial, result):
+        if trial.trial_id not in self.events:
+            self.log_trial_start(trial)
+        self.events[trial.trial_id].epoch(int(result.get("epoch", iteration)), result)
+
+    def log_trial_end(self, trial, failed: bool = False):
+        events = self.events.pop(trial.trial_id, None)
+        if events:
+            events.close()
+
+    def __getstate__(self) -> dict:
+        return {}  # pickled with the experiment: open event files are this process's
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 def _restored_epoch(trial) -> int:
@@ -428,7 +460,7 @@ def _new_tuner(cfg: TrainConfig, search_cfg: SearchConfig, fn, storage_path: str
             time_budget_s=search_cfg.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=search_cfg.name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
-            callbacks=[ProgressEvents()],
+            callbacks=[ProgressEvents(), TrialEvents()],
             # The latest checkpoint holds the best weights too. Two, not one: Ray deletes the older one as soon as
             # a new one is registered but uploads the experiment state that points at it a moment later, so a
             # kill in between would leave the saved state pointing at a deleted checkpoint.
