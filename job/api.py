@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput
 
-RESUME_MAY_CHANGE = {"epochs", "device", "workers"}  # what a resumed run may change: how long and where, not what
+# What a resumed run may change: how long, where it runs and where it is logged, not what it learns.
+RESUME_MAY_CHANGE = {"epochs", "device", "workers", "tracking", "tracking_uri"}
 
 
 def _settings(cls, value: Any, source: str):

@@ -89,6 +89,10 @@ class TrainConfig(Settings):
     device: str = _field("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = _field(True, "Mixed precision (autocast + GradScaler) on CUDA; ignored on CPU")
     workers: int = _field(0, "Threads that decode images when a data set is first prepared (0: one per CPU)")
+    # tracking (TensorBoard event files are always written)
+    tracking: str = _field("none", "Also log params, epoch metrics and the best bundle to MLflow (pip install 'job[mlflow]')",
+                           ("none", "mlflow"))
+    tracking_uri: str | None = _field(None, "MLflow tracking URI; default: sqlite mlflow.db beside the output folder")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -206,6 +210,8 @@ def _validate(c: TrainConfig) -> None:
     need(c.std is None or all(s > 0 for s in c.std), "std", "positive")
     need(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", c.device) is not None, "device", "auto, cpu, cuda or cuda:N")
     need(bool(c.data.strip()), "data", "a folder or a built-in data set name")
+    need(c.tracking_uri is None or re.match(r"^[a-z][a-z0-9+]*://[^/@]*:[^/@]*@", c.tracking_uri) is None, "tracking_uri",
+         "without a password (it would be saved with the run): give it as MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,3 +23,10 @@ class Interrupted(JobError):
     """Ctrl-C or SIGTERM: stopped on purpose; what was saved so far is intact."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def redact(url: str) -> str:
+    """A URL as an error or a log may show it: without a password."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)

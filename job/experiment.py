@@ -21,7 +21,7 @@ from job.study import JOURNAL
 SETTINGS_FILE = "job-tune.json"  # beside Ray's files in the experiment folder: what the search was started with
 # Settings that may differ when an experiment is resumed: they change how it runs, not what it searches.
 RUNTIME_KEYS = {"time_budget_s", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage",
-                "device", "workers", "warm_start", "enqueue_default"}  # the last two only shape a new study
+                "device", "workers", "warm_start", "enqueue_default", "tracking", "tracking_uri"}  # the last two only shape a new study
 
 
 def settings(cfg: TrainConfig, search: SearchConfig) -> dict:

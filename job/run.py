@@ -21,6 +21,7 @@ from job.config import S3Config, TrainConfig
 from job.errors import BadInput
 from job.files import write_json
 from job.loop import BarFactory, Data, Epoch, Fit, resolve_device
+from job.progress import say
 from job.results import Result, run_record
 from job.storage import RUN_FILE, Location, is_s3
 
@@ -119,22 +120,34 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, o
         s.fit.restore(resume)
     write_json(staged / RUN_FILE, run_record("running", meta))
     start_epoch = s.fit.epoch
-    events = tracking.TensorBoard(staged / tracking.TENSORBOARD_DIR)
+    events = [tracking.TensorBoard(staged / tracking.TENSORBOARD_DIR)]
+    ml = None
+    if cfg.tracking == "mlflow":
+        ml = tracking.MLflow(tracking.mlflow_uri(cfg.tracking_uri, str(output)), "job", str(where), cfg.to_dict(),
+                             warn=say)
+        events.append(ml)
+    failed = True
     try:
         for epoch in s.fit:
             checkpoint.save(epoch.checkpoint() | s.meta(cfg), staged / checkpoint.CHECKPOINT_NAME)
             report.write_history(staged, s.fit.history)
-            events.epoch(epoch.epoch, epoch.metrics)
+            for e in events:
+                e.epoch(epoch.epoch, epoch.metrics)
             if on_epoch:
                 on_epoch(epoch)
+        best = next(h for h in s.fit.history if h["epoch"] == s.fit.best_epoch)
+        info = bundle.Info(model=cfg.model, classes=s.folder.classes, prep=s.prep, config=cfg.to_dict(), metrics=best,
+                           best_epoch=s.fit.best_epoch, data_fingerprint=s.fingerprint)
+        bundle.write(staged / bundle.BEST_DIR, s.fit.best_model, info)
+        report.plot_history(staged / "curves.png", s.fit.history, s.fit.best_epoch)
+        write_json(staged / RUN_FILE, run_record("done", meta, best_epoch=s.fit.best_epoch, best=best))
+        where.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
+        if ml:
+            ml.artifacts(staged / bundle.BEST_DIR, "bundle")
+        failed = False
     finally:
-        events.close()
-    best = next(h for h in s.fit.history if h["epoch"] == s.fit.best_epoch)
-    info = bundle.Info(model=cfg.model, classes=s.folder.classes, prep=s.prep, config=cfg.to_dict(), metrics=best,
-                       best_epoch=s.fit.best_epoch, data_fingerprint=s.fingerprint)
-    bundle.write(staged / bundle.BEST_DIR, s.fit.best_model, info)
-    report.plot_history(staged / "curves.png", s.fit.history, s.fit.best_epoch)
-    write_json(staged / RUN_FILE, run_record("done", meta, best_epoch=s.fit.best_epoch, best=best))
-    where.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
+        events[0].close()
+        if ml:
+            ml.close(failed)
     return Result(str(where), str(where.join(bundle.BEST_DIR)), s.fit.best_epoch, best, s.fit.history,
                   seconds=time.perf_counter() - started, skipped=s.skipped, resumed_from=start_epoch)

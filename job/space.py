@@ -35,7 +35,7 @@ NOT_SEARCHABLE = {
     "train on the same images", "builtin_val_per_class": "every trial must be validated on the same images",
     "skip_bad_images": "every trial must see the same images", "epochs": "it is the search's budget (ASHA's max_t): "
     "set it with --epochs", "device": "it says where a trial runs, not what it learns", "workers": "it says how the "
-    "data is decoded, not what a trial learns", "amp": "it says how a trial runs, not what it learns", "mean": "a "
+    "data is decoded, not what a trial learns", "amp": "it says how a trial runs, not what it learns", "tracking": "it says where a trial is logged", "tracking_uri": "it says where a trial is logged", "mean": "a "
     "pair of three numbers is not searchable: set it", "std": "a pair of three numbers is not searchable: set it",
 }
 

@@ -22,7 +22,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from job.errors import BadInput
+from job.errors import BadInput, redact
 from job.space import Dimension
 
 JOURNAL = "optuna.journal"
@@ -74,11 +74,6 @@ def storage_of(where: Path | str):
 
 def is_url(where: str) -> bool:
     return re.match(r"^[a-z][a-z0-9+]*://", where) is not None and not where.startswith("s3://")
-
-
-def redact(url: str) -> str:
-    """A URL as it may be shown: without a password."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 class Study:

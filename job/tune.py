@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -32,7 +33,7 @@ from ray.tune.search import Searcher
 
 from job import bundle, checkpoint, config, cpus, model, results, run, signals, storage, study, tracking
 from job.config import S3Config, SearchConfig, TrainConfig
-from job.errors import BadInput, JobError
+from job.errors import BadInput, JobError, redact
 from job.experiment import Experiment, Lock, study_source
 from job.loop import Diverged
 from job.metrics import EPOCH_METRICS
@@ -98,6 +99,42 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
 # ---- in the driver -----------------------------------------------------------------------------------------------
 
 
+class _Mlflow:
+    """A search's MLflow runs (tracking = mlflow): one for the search, with the best bundle as its artifact, and a
+    child run per trial. Fed from the driver, so trials on any node need no access to the tracking store; a trial
+    whose run cannot be created or written is a warning, not a failed trial."""
+
+    def __init__(self, uri: str, base: dict, search_cfg: SearchConfig, experiment: str):
+        self.uri, self.base, self.trials = uri, base, {}
+        params = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in search_cfg.to_dict().items()}
+        self.search = tracking.MLflow(uri, "job", f"tune {experiment}", {"kind": "tune", **params}, warn=say)
+
+    def start(self, trial_id: str, params: dict) -> None:
+        try:
+            self.trials[trial_id] = tracking.MLflow(self.uri, "job", trial_id, {**self.base, **params},
+                                                    parent=self.search.run_id, warn=say)
+        except JobError as e:
+            say(f"warning: trial {trial_id} is not logged to MLflow ({e})")
+
+    def epoch(self, trial_id: str, epoch: int, metrics: dict) -> None:
+        if trial_id in self.trials:
+            self.trials[trial_id].epoch(epoch, metrics)
+
+    def end(self, trial_id: str, failed: bool) -> None:
+        run = self.trials.pop(trial_id, None)
+        if run:
+            run.close(failed)
+
+    def close(self, best: Trial | None, bundle_folder: Path | None) -> None:
+        for trial_id in list(self.trials):
+            self.end(trial_id, failed=False)
+        if best is not None and bundle_folder is not None:
+            self.search.tag("best_trial", best.trial_id)
+            self.search.epoch(best.best_epoch, next(h for h in best.history if int(h["epoch"]) == best.best_epoch))
+            self.search.artifacts(bundle_folder, "bundle")
+        self.search.close(failed=best is None)
+
+
 @dataclasses.dataclass
 class _Live:
     """This process's running search. Ray pickles the searcher and the callback into the experiment and brings them
@@ -105,6 +142,7 @@ class _Live:
 
     study: Study | None = None
     view: SearchView | None = None
+    mlflow: _Mlflow | None = None
     reconciled: bool = False  # the study has been told which trials the experiment holds
 
 
@@ -153,13 +191,18 @@ class ProgressEvents(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         LIVE.view.trial_started(trial.trial_id)
+        if LIVE.mlflow:
+            LIVE.mlflow.start(trial.trial_id, _params(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        params = {k: trial.config[k] for k in LIVE.study.space.names if k in trial.config}
-        LIVE.view.trial_result(trial.trial_id, params, int(result.get("epoch", 0)), result, _counts(trials))
+        LIVE.view.trial_result(trial.trial_id, _params(trial), int(result.get("epoch", 0)), result, _counts(trials))
+        if LIVE.mlflow:
+            LIVE.mlflow.epoch(trial.trial_id, int(result.get("epoch", 0)), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         LIVE.view.trial_ended(trial.trial_id, int(trial.last_result.get("epoch", 0)), _counts(trials))
+        if LIVE.mlflow:
+            LIVE.mlflow.end(trial.trial_id, failed=False)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         node, reason, lost = _failure(trial)
@@ -168,6 +211,13 @@ class ProgressEvents(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
+        if LIVE.mlflow:
+            LIVE.mlflow.end(trial.trial_id, failed=True)
+
+
+def _params(trial) -> dict:
+    """A trial's settings of the space."""
+    return {k: trial.config[k] for k in LIVE.study.space.names if k in trial.config}
 
 
 class TrialEvents(TBXLoggerCallback):
@@ -358,36 +408,46 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
         if search_cfg.warm_start else []
     if warm:
         note(f"warm start: the sampler begins with {len(warm)} finished trials of {search_cfg.warm_start}")
-    with Lock(experiment, note=note), _environment():
-        try:
-            fingerprint, classes = _prepare_remotely(cfg, s3, note) if os.environ.get("RAY_ADDRESS") else \
-                _prepare_here(cfg, cache, s3, note)
-            if search_cfg.metric == "val_top5" and classes < 5:
-                raise BadInput(f"metric val_top5 needs 5 or more classes and the data has {classes}: choose another "
-                               "metric (val_acc, val_f1_macro, val_loss)")
-            experiment.check_data(fingerprint, restart)
-            nodes = len([n for n in ray.nodes() if n.get("Alive")])
-            if nodes > 1 and not experiment.storage.remote:
-                raise BadInput(f"the Ray cluster has {nodes} nodes but storage '{search_cfg.storage}' is local to one: "
-                               "pass --storage s3://bucket/prefix so every node can reach the experiment")
-            if restart:
-                experiment.delete(cache)
-            trials, best, state, resumed = _run(cfg, search_cfg, space, objective, experiment, resume, progress,
-                                                note, s3, cache, fingerprint, warm, first)
-        finally:
-            # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
-            ray.shutdown()
-    staged = out.stage(cache)
-    if overwrite or restart or out.remote:
-        results.clear(staged)  # an earlier run's files never mix with this one's
-    metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment))
-    out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
+    uri = tracking.mlflow_uri(cfg.tracking_uri, str(output)) if cfg.tracking == "mlflow" else None
+    published = None
+    try:
+        with Lock(experiment, note=note), _environment():
+            # after the lock: a search refused because another one runs leaves no run in MLflow
+            LIVE.mlflow = _Mlflow(uri, cfg.to_dict(), search_cfg, str(experiment)) if uri else None
+            try:
+                fingerprint, classes = _prepare_remotely(cfg, s3, note) if os.environ.get("RAY_ADDRESS") else \
+                    _prepare_here(cfg, cache, s3, note)
+                if search_cfg.metric == "val_top5" and classes < 5:
+                    raise BadInput(f"metric val_top5 needs 5 or more classes and the data has {classes}: choose "
+                                   "another metric (val_acc, val_f1_macro, val_loss)")
+                experiment.check_data(fingerprint, restart)
+                nodes = len([n for n in ray.nodes() if n.get("Alive")])
+                if nodes > 1 and not experiment.storage.remote:
+                    raise BadInput(f"the Ray cluster has {nodes} nodes but storage '{search_cfg.storage}' is local to "
+                                   "one: pass --storage s3://bucket/prefix so every node can reach the experiment")
+                if restart:
+                    experiment.delete(cache)
+                trials, best, state, resumed = _run(cfg, search_cfg, space, objective, experiment, resume, progress,
+                                                    note, s3, cache, fingerprint, warm, first)
+            finally:
+                # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
+                ray.shutdown()
+        staged = out.stage(cache)
+        if overwrite or restart or out.remote:
+            results.clear(staged)  # an earlier run's files never mix with this one's
+        metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment))
+        out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
+        published = staged / bundle.BEST_DIR
+    finally:
+        if LIVE.mlflow:
+            LIVE.mlflow.close(best if published else None, published)
+            LIVE.mlflow = None
     importances, where = LIVE.study.importances(), LIVE.study.where
     LIVE.study = LIVE.view = None
     return Result(str(out), str(out.join(bundle.BEST_DIR)), best.best_epoch, metrics, best.history,
                   seconds=time.perf_counter() - started, experiment=str(experiment), trials=trials, best_trial=best,
                   resumed=resumed, importances=importances,
-                  study=study.redact(where) if isinstance(where, str) else str(where))
+                  study=redact(where) if isinstance(where, str) else str(where))
 
 
 def _check_models(dims: list[Dimension], cfg: TrainConfig) -> None:

@@ -64,3 +64,36 @@ def test_tensorboard_shows_a_train_run_and_every_trial_with_their_epochs(images,
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_mlflow_holds_a_train_run_and_a_search_with_a_child_run_per_trial(images, tmp_path):
+    """tracking = mlflow, local by default: runs/mlflow.db (SQLite) and runs/mlartifacts beside the outputs."""
+    from mlflow.tracking import MlflowClient
+
+    runs = tmp_path / "runs"
+    common = ["--data", images, *TINY, "--epochs", "2", "--set", "tracking=mlflow"]
+    r = run_job("train", *common, "--output", runs / "train", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "mlflow" not in r.stderr.lower()  # MLflow's own set-up notes stay quiet
+    r = run_job("tune", *common, "--num-samples", "2", "--storage", runs / "ray", "--output", runs / "tune", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert sorted(p.name for p in runs.iterdir()) == ["mlartifacts", "mlflow.db", "ray", "train", "tune"]
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "job"]
+    found = client.search_runs([experiment.experiment_id])
+    train = next(run for run in found if run.info.run_name == str(runs / "train"))
+    history = json.loads((runs / "train" / "history.json").read_text())
+    assert [(m.step, m.value) for m in client.get_metric_history(train.info.run_id, "val_acc")] == \
+        [(h["epoch"], pytest.approx(h["val_acc"])) for h in history]
+    assert train.data.params["model"] == "tiny_cnn" and train.info.status == "FINISHED"
+    assert "bundle/bundle.json" in [a.path for a in client.list_artifacts(train.info.run_id, "bundle")]
+    search = next(run for run in found if run.info.run_name.startswith("tune "))
+    children = [run for run in found if run.data.tags.get("mlflow.parentRunId") == search.info.run_id]
+    assert sorted(c.info.run_name for c in children) == sorted(t["trial_id"] for t in result["trials"])
+    for child in children:
+        trial = next(t for t in result["trials"] if t["trial_id"] == child.info.run_name)
+        assert len(client.get_metric_history(child.info.run_id, "val_acc")) == trial["epochs"]
+        assert float(child.data.params["lr"]) == pytest.approx(trial["lr"])
+    assert search.data.tags["best_trial"] == result["best"]["trial_id"] and search.info.status == "FINISHED"
+    assert "bundle/bundle.json" in [a.path for a in client.list_artifacts(search.info.run_id, "bundle")]
