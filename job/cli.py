@@ -300,7 +300,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(report.table([[r[c] if r[c] is not None else "-" for c in columns] for r in rows],
                            ["#", "trial", *columns[2:]]))
         print(f"bundle:  {result.bundle}\ntrials:  {output}/trials.csv, {output}/trials.json\n"
-              f"plot:    {output}/trials.png\nstudy:   optuna-dashboard {shlex.quote(result.study)}\n"
+              f"plot:    {output}/trials.png\nreport:  {output}/report.html\n"
+              f"study:   optuna-dashboard {shlex.quote(result.study)}\n"
               f"next:    job evaluate {output} --data DIR   |   job predict {output} IMAGE...")
     return 0
 

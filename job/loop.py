@@ -168,6 +168,7 @@ class Fit:
         self.epoch = 0
         self.best_epoch = 0  # by `objective` (metric, max or min); the first of equals
         self.best_model: dict[str, torch.Tensor] | None = None  # set by the first epoch (it always improves)
+        self.best_confusion: list[list[int]] = []  # the best epoch's validation confusion matrix, [true][predicted]
         self.history: list[dict[str, float]] = []
 
     def restore(self, ckpt: dict) -> None:
@@ -182,6 +183,7 @@ class Fit:
         self.epoch, self.best_epoch = ckpt["epoch"], ckpt["best_epoch"]
         # None: the best epoch was the checkpoint's own, so its weights are "model"
         self.best_model = ckpt["best_model"] if ckpt["best_model"] is not None else cpu_state(self.model)
+        self.best_confusion = list(ckpt.get("best_confusion", []))  # absent from checkpoints of earlier versions
         self.history = list(ckpt["history"])
 
     def checkpoint(self) -> dict:
@@ -195,6 +197,7 @@ class Fit:
             "best_epoch": self.best_epoch,
             # the best weights are left out while they are the current ones: a third fewer bytes per checkpoint
             "best_model": None if self.best_epoch == self.epoch else self.best_model,
+            "best_confusion": self.best_confusion,
             "history": self.history,
         }
 
@@ -239,6 +242,7 @@ class Fit:
         self.history.append({"epoch": epoch, **metrics})
         if self._improves(metrics):
             self.best_epoch, self.best_model = epoch, cpu_state(self.model)
+            self.best_confusion = val_tally.confusion_matrix().tolist()
         return Epoch(epoch, metrics, self.checkpoint)
 
     def _improves(self, metrics: dict) -> bool:

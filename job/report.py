@@ -80,7 +80,7 @@ def plot_confusion(path: Path, confusion, classes: Sequence[str]) -> None:
 
 def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
     """A plain text table: numbers right-aligned, floats with 4 decimals."""
-    cells = [[_number(v) if isinstance(v, float) else str(v) for v in row] for row in rows]
+    cells = [[number(v) if isinstance(v, float) else str(v) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
     right = [all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
 
@@ -90,7 +90,7 @@ def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
     return "\n".join([line([str(h) for h in headers]), line(["-" * w for w in widths]), *map(line, cells)])
 
 
-def _number(v: float) -> str:
+def number(v: float) -> str:
     """4 decimals, or 3 significant digits where 4 decimals would hide the value (lr 4.5e-11 is not 0.0000)."""
     return f"{v:.4f}" if v == 0 or 1e-3 <= abs(v) < 1e6 else f"{v:.3g}"
 

@@ -7,11 +7,11 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from job import bundle, report
+from job import bundle, page, report
 from job.checkpoint import CHECKPOINT_NAME
 from job.data import Preprocessing
 from job.errors import JobError
-from job.progress import say
+from job.progress import describe, say
 from job.files import write_json
 from job.storage import RUN_FILE
 from job.tracking import TENSORBOARD_DIR
@@ -128,8 +128,9 @@ class Result:
 
 
 # What a run writes into its output: `--overwrite` replaces these, and leaves every other file alone.
+REPORT = "report.html"
 RUN_FILES = (RUN_FILE, CHECKPOINT_NAME, "history.json", "history.csv", "curves.png", "trials.json",
-             "trials.csv", "trials.png", bundle.BEST_DIR, TENSORBOARD_DIR)
+             "trials.csv", "trials.png", REPORT, bundle.BEST_DIR, TENSORBOARD_DIR)
 
 
 def clear(folder: Path) -> None:
@@ -148,9 +149,10 @@ def run_record(status: str, meta: dict, **extra) -> dict:
 
 
 def write_search(folder: Path, state: dict, best: Trial, trials: list[Trial], base_config: dict,
-                 experiment: str) -> dict:
+                 experiment: str, importances: dict[str, float] | None = None, study: str = "") -> dict:
     """The best trial's best epoch as the same bundle `job train` writes, plus trials.csv/json, the history of the
-    best trial, the plot and run.json, into the local folder `folder`. Returns the best epoch's metrics."""
+    best trial, the plot, report.html and run.json, into the local folder `folder`. Returns the best epoch's
+    metrics."""
     config = base_config | best.params
     weights = state["best_model"] if state["best_model"] is not None else state["model"]  # see Fit.checkpoint
     metrics = next(h for h in best.history if int(h["epoch"]) == state["best_epoch"])
@@ -162,6 +164,16 @@ def write_search(folder: Path, state: dict, best: Trial, trials: list[Trial], ba
     report.write_history(folder, best.history)
     report.write_trials(folder, rows, list(best.params), best.metric)
     report.plot_trials(folder / "trials.png", rows, best.trial_id, best.metric)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    summary = [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; metric {best.metric} "
+               f"({best.mode}).", f"Best trial {best.trial_id}: {best.metric} {best.value:.4f} at epoch "
+               f"{state['best_epoch']} ({describe(best.params)}); exported to best/."]
+    page.write(folder / REPORT, title=f"job tune: {experiment}", summary=summary, trials=rows, params=list(best.params),
+               metric=best.metric, best_id=best.trial_id, importances=importances or {},
+               confusion=state.get("best_confusion", []), classes=list(state["classes"]),
+               study_command=f"optuna-dashboard {study}" if study else "")
     write_json(folder / RUN_FILE, run_record("done", {"kind": "tune", "experiment": experiment, "config": config,
                                                       "classes": list(state["classes"])},
                                              best_trial=best.trial_id, best_epoch=state["best_epoch"], best=metrics))

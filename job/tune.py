@@ -435,19 +435,19 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
         staged = out.stage(cache)
         if overwrite or restart or out.remote:
             results.clear(staged)  # an earlier run's files never mix with this one's
-        metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment))
+        importances, where = LIVE.study.importances(), LIVE.study.where
+        shown = redact(where) if isinstance(where, str) else str(where)
+        metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment), importances, shown)
         out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
         published = staged / bundle.BEST_DIR
     finally:
         if LIVE.mlflow:
             LIVE.mlflow.close(best if published else None, published)
             LIVE.mlflow = None
-    importances, where = LIVE.study.importances(), LIVE.study.where
     LIVE.study = LIVE.view = None
     return Result(str(out), str(out.join(bundle.BEST_DIR)), best.best_epoch, metrics, best.history,
                   seconds=time.perf_counter() - started, experiment=str(experiment), trials=trials, best_trial=best,
-                  resumed=resumed, importances=importances,
-                  study=redact(where) if isinstance(where, str) else str(where))
+                  resumed=resumed, importances=importances, study=shown)
 
 
 def _check_models(dims: list[Dimension], cfg: TrainConfig) -> None:

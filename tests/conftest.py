@@ -8,6 +8,7 @@ import io
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -198,3 +199,20 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
             yield server
     except NoServer as e:
         pytest.fail(str(e))
+
+
+def chromium(page: Path, out: Path) -> tuple[str, "np.ndarray"]:
+    """`page` opened by headless Chromium (Debian's package, `.ci/run` installs it): (the DOM as the browser built
+    it, a full-page screenshot as an RGB array)."""
+    from PIL import Image
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "chromium is not installed (apt-get install chromium)"
+    flags = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             f"--user-data-dir={out / 'chromium-profile'}", "--window-size=1200,4000"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    shot = out / "screenshot.png"
+    r = subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    return dom.stdout, np.asarray(Image.open(shot).convert("RGB"))

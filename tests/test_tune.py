@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # real Ray searches; the fast lane covers tune.py through tests/test_study.py
@@ -347,3 +348,23 @@ def test_a_warm_started_search_in_an_rdb_runs_the_default_first_and_learns_from_
     r = run_job("tune", "--data", data, *SEARCH, "--storage", root / "ray", "--name", "warm2", "--output",
                 root / "warm2", "--warm-start", root / "ray" / "job-tune", "--metric", "val_loss")
     assert_error(r, EXIT_BAD_INPUT, "warm start:", "optimised val_acc (max), this search val_loss (min)")
+
+
+def test_the_search_report_opens_in_chromium_with_every_trial_the_importances_and_the_best_confusion(searched, tmp_path):
+    import re
+
+    from tests.conftest import chromium
+
+    root, result, _ = searched
+    dom, pixels = chromium(root / "out" / "report.html", tmp_path)
+    rows = re.findall(r"<tr( class=\"best\")?><td>(\d+)</td><td class=\"text\">(\w+)</td>", dom)
+    assert sorted(trial for _, _, trial in rows) == sorted(t["trial_id"] for t in result["trials"])
+    assert [trial for best, _, trial in rows if best] == [result["best"]["trial_id"]]
+    importances = re.search(r'<table id="importances">(.*?)</table>', dom, re.S)
+    assert importances and set(re.findall(r"<tr><td>(\w+)</td>", importances.group(1))) == set(result["importances"])
+    confusion = re.search(r'<table id="confusion">(.*?)</table>', dom, re.S).group(1)
+    cells = [[int(v) for v in re.findall(r"<td>(\d+)</td>", row)] for row in re.findall(r"<tr><th>class_\d</th>(.*?)</tr>", confusion)]
+    assert len(cells) == 3 and all(len(row) == 3 for row in cells)
+    total = sum(map(sum, cells))
+    assert sum(cells[i][i] for i in range(3)) / total == pytest.approx(result["best"]["val_acc"])  # the exported epoch's
+    assert (np.abs(pixels.astype(int) - [31, 119, 180]).sum(axis=2) < 30).sum() > 200  # the curves were drawn
