@@ -157,6 +157,33 @@ def bench_search(plan: Plan, table: Table, raw: dict) -> None:
         search.cleanup(x)
 
 
+# The extended space of the space section: today's lr plus the optimizer, label smoothing and weight decay.
+EXTENDED = ("--space", "lr=loguniform:1e-4,1e-1", "--space", "optimizer=choice:sgd,adamw",
+            "--space", "label_smoothing=uniform:0,0.2", "--space", "weight_decay=loguniform:1e-6,1e-2")
+
+
+def bench_space(plan: Plan, table: Table, raw: dict) -> None:
+    """A search over the extended space against today's lr/step_size/gamma search, same budget and seeds."""
+    from bench import search
+
+    default, extended = [], []
+    for r in range(plan.repeats):
+        seed = ("--seed", str(r))
+        default.append(search.job("tune", *plan.search, *seed))
+        extended.append(search.job("tune", *plan.search, *seed, *EXTENDED))
+        say(f"space: seed {r}: lr/step_size/gamma {default[-1].result['best']['val_acc']:.3f}, "
+            f"extended {extended[-1].result['best']['val_acc']:.3f}")
+    best = lambda runs: [x.result["best"]["val_acc"] for x in runs]  # noqa: E731
+    raw["space"] = {"default": best(default), "extended": best(extended),
+                    "extended_params": [x.result["trials"] and next(t for t in x.result["trials"] if t["trial_id"] ==
+                                        x.result["best_trial"]) for x in extended]}
+    table.add("space", f"best val_acc, lr+optimizer+label_smoothing+weight_decay ({', '.join(f'{v:.3f}' for v in best(extended))})",
+              median(best(extended)), f"lr+step_size+gamma ({', '.join(f'{v:.3f}' for v in best(default))})",
+              median(best(default)), "acc")
+    for x in default + extended:
+        search.cleanup(x)
+
+
 def search_noise(plan: Plan, baseline: list[float]) -> float:
     """What "the same best val_acc" allows: one standard error of an accuracy measured on the search's validation
     images, sqrt(p (1 - p) / n), or the baseline's own spread over seeds, whichever is larger."""
@@ -270,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny settings, one repeat: checks that every path runs")
     p.add_argument("--repeats", type=int, help="repeats per figure (default 3; 1 with --smoke)")
     p.add_argument("--out", type=Path, default=HERE, help="folder for results.json and results.md (default bench/)")
-    p.add_argument("--only", nargs="+", choices=["loop", "search", "orchestration", "storage"], help="some sections only")
+    p.add_argument("--only", nargs="+", choices=["loop", "search", "space", "orchestration", "storage"], help="some sections only")
     args = p.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     if args.repeats:
@@ -278,12 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(os.environ.setdefault("JOB_CACHE", str(Path(tempfile.gettempdir()) / "job-bench-cache")))
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     warnings.filterwarnings("ignore", message=".*worker processes in total")  # the tutorial's 4 workers on 2 CPUs: known
-    sections = set(args.only or ["loop", "search", "orchestration", "storage"])
+    sections = set(args.only or ["loop", "search", "space", "orchestration", "storage"])
     table, raw, started = Table(), {}, time.perf_counter()
     if "loop" in sections:
         bench_loop(plan, cache, table, raw)
     if "search" in sections:
         bench_search(plan, table, raw)
+    if "space" in sections:
+        bench_space(plan, table, raw)
     if sections & {"orchestration", "storage"}:
         run_folder = bench_orchestration(plan, table, raw)
         if "storage" in sections:

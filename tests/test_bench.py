@@ -20,7 +20,7 @@ def test_smoke_run_writes_json_and_markdown_for_every_section(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["smoke"] and results["machine"]["torch"].startswith("2.14.1")
     sections = {row["section"] for row in results["rows"]}
-    assert sections == {"loop", "search", "orchestration", "storage"}
+    assert sections == {"loop", "search", "space", "orchestration", "storage"}
     assert all(row["job"] > 0 for row in results["rows"])
     table = (tmp_path / "results.md").read_text()
     assert "SMOKE RUN" in table and table.count("\n| ") == len(results["rows"]) + 1
