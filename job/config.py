@@ -210,8 +210,13 @@ def _validate(c: TrainConfig) -> None:
     need(c.std is None or all(s > 0 for s in c.std), "std", "positive")
     need(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", c.device) is not None, "device", "auto, cpu, cuda or cuda:N")
     need(bool(c.data.strip()), "data", "a folder or a built-in data set name")
-    need(c.tracking_uri is None or re.match(r"^[a-z][a-z0-9+]*://[^/@]*:[^/@]*@", c.tracking_uri) is None, "tracking_uri",
+    need(not _has_password(c.tracking_uri), "tracking_uri",
          "without a password (it would be saved with the run): give it as MLFLOW_TRACKING_PASSWORD")
+
+
+def _has_password(url: str | None) -> bool:
+    """scheme://user:password@host...: a URL that would put a secret into the saved settings."""
+    return url is not None and re.match(r"^[a-z][a-z0-9+]*://[^/@]*:[^/@]*@", url) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +272,7 @@ class SearchConfig(Settings):
         if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 1:
             raise BadInput(f"gpus_per_trial = {self.gpus_per_trial:g} is out of range: a trial trains on one GPU, so give "
                            "0 to 1 (0.5 packs two trials per GPU)")
-        if self.study_storage is not None and re.match(r"^[a-z][a-z0-9+]*://[^/@]*:[^/@]*@", self.study_storage):
+        if _has_password(self.study_storage):
             raise BadInput("study_storage holds a password: leave it out of the URL (it would be saved with the "
                            "experiment and shown) and give it the database's own way, e.g. PGPASSWORD or ~/.pgpass")
         if self.study_storage is not None and not re.match(r"^[a-z][a-z0-9+]*://", self.study_storage):

@@ -30,3 +30,9 @@ def redact(url: str) -> str:
     import re
 
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line, cut short, without a password of a URL in it: for a one-line error."""
+    lines = str(e).strip().splitlines()
+    return redact(lines[0][:limit]) if lines else ""

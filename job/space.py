@@ -21,6 +21,8 @@ import dataclasses
 import difflib
 import json
 import re
+import types
+import typing
 from typing import Any, Mapping
 
 from job.errors import BadInput
@@ -29,14 +31,18 @@ KINDS = ("loguniform", "uniform", "int", "choice")
 MAX_CHOICES = 1000
 # Settings a trial must share with every other one: the validation images (so trials are compared on the same
 # data), the budget ASHA divides (epochs), and how a trial runs rather than what it learns.
+SAME_IMAGES = "every trial must be validated on the same images"
 NOT_SEARCHABLE = {
-    "data": "every trial must be validated on the same images", "val_fraction": "every trial must be validated on "
-    "the same images", "seed": "it also picks the validation images", "builtin_train_per_class": "every trial must "
-    "train on the same images", "builtin_val_per_class": "every trial must be validated on the same images",
-    "skip_bad_images": "every trial must see the same images", "epochs": "it is the search's budget (ASHA's max_t): "
-    "set it with --epochs", "device": "it says where a trial runs, not what it learns", "workers": "it says how the "
-    "data is decoded, not what a trial learns", "amp": "it says how a trial runs, not what it learns", "tracking": "it says where a trial is logged", "tracking_uri": "it says where a trial is logged", "mean": "a "
-    "pair of three numbers is not searchable: set it", "std": "a pair of three numbers is not searchable: set it",
+    "data": SAME_IMAGES, "val_fraction": SAME_IMAGES, "builtin_val_per_class": SAME_IMAGES,
+    "seed": "it also picks the validation images",
+    "builtin_train_per_class": "every trial must train on the same images",
+    "skip_bad_images": "every trial must see the same images",
+    "epochs": "it is the search's budget (ASHA's max_t): set it with --epochs",
+    "device": "it says where a trial runs, not what it learns",
+    "workers": "it says how the data is decoded, not what a trial learns",
+    "amp": "it says how a trial runs, not what it learns",
+    "tracking": "it says where a trial is logged", "tracking_uri": "it says where a trial is logged",
+    "mean": "three numbers are not searchable: set them", "std": "three numbers are not searchable: set them",
 }
 
 
@@ -55,7 +61,7 @@ def parse(value: Any, source: str) -> dict[str, Any]:
             value = dict(_entry(item, source) for item in re.split(r"[\s;]+", text) if item)
     if not isinstance(value, Mapping):
         raise BadInput(f"space in {source} must be a table of settings ([tune.space] in TOML), e.g. "
-                       "lr = {{ loguniform = [1e-4, 1e-1] }}")
+                       "lr = { loguniform = [1e-4, 1e-1] }")
     return {str(name): _normal(str(name), spec, source) for name, spec in value.items()}
 
 
@@ -149,8 +155,6 @@ def check(space: Mapping[str, Any], base: Mapping[str, Any], train_cls, coerce) 
     """The space held against the training settings `base` (a TrainConfig dict): every name a setting that may be
     searched, every kind fit for its type, every bound and choice a value the setting itself accepts
     (`train_cls.from_dict`); `coerce(key, value)` types a value from text as the config does."""
-    import typing
-
     hints = typing.get_type_hints(train_cls)
     dims = []
     for name, spec in space.items():
@@ -188,9 +192,6 @@ def check(space: Mapping[str, Any], base: Mapping[str, Any], train_cls, coerce) 
 
 
 def _base_type(hint) -> type:
-    import types
-    import typing
-
     if isinstance(hint, types.UnionType):
         hint = next(a for a in hint.__args__ if a is not type(None))
     return typing.get_origin(hint) or hint

@@ -22,7 +22,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from job.errors import BadInput, redact
+from job.errors import BadInput, first_line, redact
 from job.space import Dimension
 
 JOURNAL = "optuna.journal"
@@ -67,8 +67,7 @@ def storage_of(where: Path | str):
             return optuna.storages.RDBStorage(str(where))
         except Exception as e:  # SQLAlchemy and its drivers raise many types: a bad URL, a missing driver, no server
             raise BadInput(f"the Optuna storage {redact(str(where))} cannot be opened ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:150]}): check the URL and that its database driver is "
-                           "installed") from None
+                           f"{first_line(e, 150)}): check the URL and that its database driver is installed") from None
     return JournalStorage(JournalFileBackend(str(where)))
 
 

@@ -6,6 +6,7 @@ the settings as params, each epoch's metrics (same names, without the prefix), t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from job.config import EPOCH_METRICS
-from job.errors import BadInput, JobError, redact
+from job.errors import BadInput, JobError, first_line, redact
 
 TENSORBOARD_DIR = "tensorboard"  # in a train run's folder; a trial writes into its own folder
 TAG = "job/"
@@ -65,7 +66,7 @@ class MLflow:
             self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
             self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
         except Exception as e:  # MLflow's errors are many types: an unreachable server, a locked database
-            raise JobError(f"cannot log to MLflow at {redact(uri)} ({type(e).__name__}: {_first_line(e)}): check "
+            raise JobError(f"cannot log to MLflow at {redact(uri)} ({type(e).__name__}: {first_line(e)}): check "
                            "tracking_uri, or set tracking = none") from None
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
@@ -73,7 +74,7 @@ class MLflow:
             fn(*args, **kwargs)
         except Exception as e:
             if not self.failed:
-                self.warn(f"warning: MLflow could not {what} ({type(e).__name__}: {_first_line(e)}); training goes on")
+                self.warn(f"warning: MLflow could not {what} ({type(e).__name__}: {first_line(e)}); training goes on")
             self.failed = True
 
     def epoch(self, epoch: int, metrics: dict) -> None:
@@ -93,6 +94,43 @@ class MLflow:
         self._call("end the run", self.client.set_terminated, self.run_id, "FAILED" if failed else "FINISHED")
 
 
+class SearchRuns:
+    """A search's MLflow runs (tracking = mlflow): one for the search, with the best bundle as its artifact, and a
+    child run per trial. Fed from the driver, so trials on any node need no access to the tracking store; a trial
+    whose run cannot be created or written is a warning, not a failed trial."""
+
+    def __init__(self, uri: str, base: dict, search: dict, experiment: str, warn):
+        self.uri, self.base, self.trials, self.warn = uri, base, {}, warn
+        params = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in search.items()}
+        self.search = MLflow(uri, "job", f"tune {experiment}", {"kind": "tune", **params}, warn=warn)
+
+    def start(self, trial_id: str, params: dict) -> None:
+        try:
+            self.trials[trial_id] = MLflow(self.uri, "job", trial_id, {**self.base, **params},
+                                           parent=self.search.run_id, warn=self.warn)
+        except JobError as e:
+            self.warn(f"warning: trial {trial_id} is not logged to MLflow ({e})")
+
+    def epoch(self, trial_id: str, epoch: int, metrics: dict) -> None:
+        if trial_id in self.trials:
+            self.trials[trial_id].epoch(epoch, metrics)
+
+    def end(self, trial_id: str, failed: bool) -> None:
+        run = self.trials.pop(trial_id, None)
+        if run:
+            run.close(failed)
+
+    def close(self, best, bundle_folder: Path | None) -> None:
+        """`best`: the best trial (results.Trial), None when the search failed."""
+        for trial_id in list(self.trials):
+            self.end(trial_id, failed=False)
+        if best is not None and bundle_folder is not None:
+            self.search.tag("best_trial", best.trial_id)
+            self.search.epoch(best.best_epoch, next(h for h in best.history if int(h["epoch"]) == best.best_epoch))
+            self.search.artifacts(bundle_folder, "bundle")
+        self.search.close(failed=best is None)
+
+
 def mlflow_uri(cfg_uri: str | None, output: str) -> str:
     """The tracking URI: as set, or a SQLite file `mlflow.db` beside the output folder (runs/mlflow.db for the
     default outputs, shared by job train and job tune). MLflow 3 refuses new runs in its old file store."""
@@ -109,8 +147,3 @@ def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return None
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else ""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -99,42 +98,6 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
 # ---- in the driver -----------------------------------------------------------------------------------------------
 
 
-class _Mlflow:
-    """A search's MLflow runs (tracking = mlflow): one for the search, with the best bundle as its artifact, and a
-    child run per trial. Fed from the driver, so trials on any node need no access to the tracking store; a trial
-    whose run cannot be created or written is a warning, not a failed trial."""
-
-    def __init__(self, uri: str, base: dict, search_cfg: SearchConfig, experiment: str):
-        self.uri, self.base, self.trials = uri, base, {}
-        params = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in search_cfg.to_dict().items()}
-        self.search = tracking.MLflow(uri, "job", f"tune {experiment}", {"kind": "tune", **params}, warn=say)
-
-    def start(self, trial_id: str, params: dict) -> None:
-        try:
-            self.trials[trial_id] = tracking.MLflow(self.uri, "job", trial_id, {**self.base, **params},
-                                                    parent=self.search.run_id, warn=say)
-        except JobError as e:
-            say(f"warning: trial {trial_id} is not logged to MLflow ({e})")
-
-    def epoch(self, trial_id: str, epoch: int, metrics: dict) -> None:
-        if trial_id in self.trials:
-            self.trials[trial_id].epoch(epoch, metrics)
-
-    def end(self, trial_id: str, failed: bool) -> None:
-        run = self.trials.pop(trial_id, None)
-        if run:
-            run.close(failed)
-
-    def close(self, best: Trial | None, bundle_folder: Path | None) -> None:
-        for trial_id in list(self.trials):
-            self.end(trial_id, failed=False)
-        if best is not None and bundle_folder is not None:
-            self.search.tag("best_trial", best.trial_id)
-            self.search.epoch(best.best_epoch, next(h for h in best.history if int(h["epoch"]) == best.best_epoch))
-            self.search.artifacts(bundle_folder, "bundle")
-        self.search.close(failed=best is None)
-
-
 @dataclasses.dataclass
 class _Live:
     """This process's running search. Ray pickles the searcher and the callback into the experiment and brings them
@@ -142,7 +105,7 @@ class _Live:
 
     study: Study | None = None
     view: SearchView | None = None
-    mlflow: _Mlflow | None = None
+    mlflow: tracking.SearchRuns | None = None
     reconciled: bool = False  # the study has been told which trials the experiment holds
 
 
@@ -413,7 +376,8 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     try:
         with Lock(experiment, note=note), _environment():
             # after the lock: a search refused because another one runs leaves no run in MLflow
-            LIVE.mlflow = _Mlflow(uri, cfg.to_dict(), search_cfg, str(experiment)) if uri else None
+            if uri:
+                LIVE.mlflow = tracking.SearchRuns(uri, cfg.to_dict(), search_cfg.to_dict(), str(experiment), say)
             try:
                 fingerprint, classes = _prepare_remotely(cfg, s3, note) if os.environ.get("RAY_ADDRESS") else \
                     _prepare_here(cfg, cache, s3, note)

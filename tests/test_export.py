@@ -123,3 +123,12 @@ def test_bad_exports_fail_with_one_line_and_leave_nothing_half_written(trained, 
     r = run_job("export", damaged, "--format", "safetensors", "--output", tmp_path / "d", "--data", images)
     assert r.returncode in (EXIT_BAD_INPUT, EXIT_FAILURE) and "Traceback" not in r.stderr
     assert not (tmp_path / "d" / "config.json").exists()
+
+
+def test_the_python_api_exports_as_the_readme_shows(trained, images, tmp_path):
+    import job
+
+    config = job.export(trained, "torchscript", tmp_path / "ts", data=str(images))
+    assert config["output"] == str(tmp_path / "ts") and (tmp_path / "ts" / "model.torchscript.pt").is_file()
+    with pytest.raises(job.BadInput, match="format 'tflite' is not known"):
+        job.export(trained, "tflite", tmp_path / "x")

@@ -188,3 +188,16 @@ def test_a_study_in_an_rdb_url_and_a_fresh_one_drops_the_old(tmp_path):
     assert redact("mysql://me:pw@host/db") == "mysql://me:***@host/db"
     with pytest.raises(BadInput, match="study_storage holds a password"):
         SearchConfig(study_storage="postgresql://u:secret@host/db")
+
+
+def test_a_warm_start_source_is_an_experiment_folder_its_journal_or_a_url(tmp_path):
+    from job.errors import BadInput
+    from job.experiment import study_source
+
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / JOURNAL).write_text("")
+    assert study_source(str(tmp_path / "exp"), None, tmp_path / "cache") == tmp_path / "exp" / JOURNAL
+    assert study_source(str(tmp_path / "exp" / JOURNAL), None, tmp_path / "cache") == tmp_path / "exp" / JOURNAL
+    assert study_source("sqlite:///x.db#s", None, tmp_path / "cache") == "sqlite:///x.db#s"
+    with pytest.raises(BadInput, match="holds no optuna.journal"):
+        study_source(str(tmp_path / "nothing"), None, tmp_path / "cache")
