@@ -1,7 +1,7 @@
 """One command that measures job against its references on this machine and writes bench/results.json and
 bench/results.md (the table in the README's Performance section).
 
-    .venv/bin/python -m bench            # the full benchmark: under 15 minutes on 2 CPU cores
+    .venv/bin/python -m bench            # the full benchmark: about 25 minutes on 2 CPU cores
     .venv/bin/python -m bench --smoke    # every code path on tiny settings, one repeat (CI): its figures mean nothing
 
 Every figure is the median of --repeats runs (3 by default); every comparison is a ratio of two figures measured
