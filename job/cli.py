@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE", help="run folder or bundle folder, local or s3://")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"), help="what to write")
     p.add_argument("--output", metavar="DIR", help="where to write, local or s3:// (default: runs/export-<format>-<time>)")
-    p.add_argument("--data", default="fashion-mnist", metavar="DIR",
-                   help="images to verify the export on (up to 64; default: the built-in fashion-mnist)")
+    p.add_argument("--data", dest="check_data", default="fashion-mnist", metavar="DIR",
+                   help="images to verify the export on, up to 64 (default: the built-in fashion-mnist)")
     p.add_argument("--overwrite", action="store_true", help="replace an export or run already in --output")
     p.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     _add_output_flags(p)
@@ -366,7 +366,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     cpus.limit_torch_threads()
     if not args.quiet and not args.json:
         say(f"exporting {args.bundle} as {args.format} and checking it against the bundle's model")
-    result = api.export(args.bundle, args.format, args.output, data=args.data, overwrite=args.overwrite,
+    result = api.export(args.bundle, args.format, args.output, data=args.check_data, overwrite=args.overwrite,
                         s3=resolve_config(args, config.S3Config))
     if args.json:
         print(json.dumps(result, indent=2))
