@@ -27,20 +27,24 @@ def scalars(metrics: dict) -> dict[str, float]:
 
 
 class TensorBoard:
-    """The event file of one run (or trial) in `folder`."""
+    """The event file of one run (or trial) in `folder`, created with the first epoch's values: a run that ends
+    before its first epoch (bad data, a full disk) leaves none."""
 
     def __init__(self, folder: Path):
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(str(folder), flush_secs=30)
+        self.folder, self.writer = folder, None
 
     def epoch(self, epoch: int, metrics: dict) -> None:
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder), flush_secs=30)
         for tag, value in scalars(metrics).items():
             self.writer.add_scalar(tag, value, global_step=epoch)
         self.writer.flush()  # an epoch takes seconds to minutes: each is on disk when it ends
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class MLflow:

@@ -53,7 +53,7 @@ def test_epochs_reported_again_by_a_retried_trial_are_told_once(tmp_path, recwar
     for step, value in ((1, 0.5), (2, 0.6), (2, 0.65), (3, 0.7)):
         s.report("a", step, {"val_acc": value})
     s.tell("a", 4, {"val_acc": 0.7}, failed=False)
-    assert s.study.trials[0].intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
+    assert s.study.trials[0].intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.7}  # the last comes with the end
     assert not [w for w in recwarn if "already reported" in str(w.message)]
 
 
