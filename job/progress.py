@@ -74,11 +74,17 @@ class SearchView:
         self._line(counts, f"{trial_id} errored" + (f" ({reason})" if reason else ""))
 
 
+def status_counts(trials) -> dict[str, int]:
+    """How many trials ended each way (completed, stopped early (ASHA), ...), in the order first seen."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    return counts
+
+
 def search_summary(result) -> list[str]:
     """The first lines `job tune` prints when it ends (a `job.Result` of a search)."""
-    counts: dict[str, int] = {}
-    for t in result.trials:
-        counts[t.status] = counts.get(t.status, 0) + 1
+    counts = status_counts(result.trials)
     best = result.best_trial
     lines = [
         f"job tune: done in {result.seconds:.0f}s{' (resumed)' if result.resumed else ''}: "

@@ -11,7 +11,7 @@ from job import bundle, page, report
 from job.checkpoint import CHECKPOINT_NAME
 from job.data import Preprocessing
 from job.errors import JobError
-from job.progress import describe, say
+from job.progress import describe, say, status_counts
 from job.files import write_json
 from job.storage import RUN_FILE
 from job.tracking import TENSORBOARD_DIR
@@ -164,9 +164,7 @@ def write_search(folder: Path, state: dict, best: Trial, trials: list[Trial], ba
     report.write_history(folder, best.history)
     report.write_trials(folder, rows, list(best.params), best.metric)
     report.plot_trials(folder / "trials.png", rows, best.trial_id, best.metric)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.status] = counts.get(t.status, 0) + 1
+    counts = status_counts(trials)
     summary = [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; metric {best.metric} "
                f"({best.mode}).", f"Best trial {best.trial_id}: {best.metric} {best.value:.4f} at epoch "
                f"{state['best_epoch']} ({describe(best.params)}); exported to best/."]
