@@ -4,6 +4,7 @@ bytes, on a real S3 server (SeaweedFS on loopback, or JOB_TEST_S3_ENDPOINT)."""
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -12,21 +13,34 @@ from job import bundle
 from job.storage import Location, S3Url
 
 
-def _mb_per_s(nbytes: int, fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return nbytes / 1e6 / (time.perf_counter() - start)
+TRANSFERS = 9  # each figure: the median of this many transfers, job's and the reference's taken in turn
+RAY_CHUNK = 64 << 20  # the chunk_size Ray Tune passes to pyarrow.fs.copy_files (ray.train._internal.storage)
+
+
+def _mb_per_s(nbytes: int, job, reference) -> tuple[float, float]:
+    """(job MB/s, reference MB/s): each callable run TRANSFERS times, in turn, given a fresh index each time."""
+    times = {job: [], reference: []}
+    for i in range(TRANSFERS):
+        for fn in (job, reference):
+            start = time.perf_counter()
+            fn(i)
+            times[fn].append(time.perf_counter() - start)
+    return nbytes / 1e6 / statistics.median(times[job]), nbytes / 1e6 / statistics.median(times[reference])
 
 
 def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
     """{what: (job MB/s, boto3 MB/s)} for a bundle (upload, download) and a checkpoint (upload, download).
 
-    job's bundle upload is how `job train --output s3://` publishes best/ (Location.publish: SHA-256 of each file,
-    upload, read-back check, manifest last); its download is what `job evaluate s3://` does before it builds the
-    model (bundle.locate, then the manifest's size and SHA-256 check of every file). The checkpoint goes the way
-    Ray Tune moves trial checkpoints: pyarrow.fs.copy_files through job's file system.
+    job's bundle upload is how `job train --output s3://` publishes best/ (Location.publish: the old manifest
+    deleted, each file sent with its SHA-256 for the server to check, the manifest last); its download is what
+    `job evaluate s3://` does before it builds the model (bundle.locate, each file's SHA-256 checked as it streams
+    in, then bundle.read's check of the folder), into an empty cache each time. A checkpoint moves the way Ray Tune
+    moves trial checkpoints through job's file system: pyarrow.fs.copy_files with Ray's chunk size up, and Ray's
+    own Checkpoint.to_directory down (a restored trial). The reference is one boto3 upload_file/download_file of
+    the largest file (model.pt, or checkpoint.pt) alone.
     """
     import pyarrow.fs
+    from ray.train import Checkpoint
 
     client, bucket = server.client(), server.bucket()
     where = Location.parse(f"s3://{bucket}/job/run")
@@ -41,31 +55,27 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
         url = S3Url(bucket, "job/run")
         store.check_writable(url)  # both clients made and connected before any timing: transfers, not start-up
         client.upload_file(str(ckpt), bucket, "warm-up")  # SeaweedFS grows a new bucket's volumes on its first writes
-        up_job = _mb_per_s(bundle_bytes, lambda: where.join(bundle.BEST_DIR).publish(best, last=bundle.MANIFEST))
-        up_ref = _mb_per_s(model_file.stat().st_size, lambda: client.upload_file(str(model_file), bucket, "ref/model.pt"))
-        results["bundle upload"] = (up_job, up_ref)
-        down_job = _mb_per_s(bundle_bytes, lambda: bundle.read(bundle.locate(where, scratch / "fetch")))
-        down_ref = _mb_per_s(model_file.stat().st_size,
-                             lambda: client.download_file(bucket, "ref/model.pt", str(scratch / "ref-model.pt")))
-        results["bundle download"] = (down_job, down_ref)
+        results["bundle upload"] = _mb_per_s(
+            bundle_bytes, lambda i: where.join(bundle.BEST_DIR).publish(best, last=bundle.MANIFEST),
+            lambda i: client.upload_file(str(model_file), bucket, "ref/model.pt"))
+        results["bundle download"] = _mb_per_s(
+            bundle_bytes, lambda i: bundle.read(bundle.locate(where, scratch / f"fetch{i}")),
+            lambda i: client.download_file(bucket, "ref/model.pt", str(scratch / f"ref-model{i}.pt")))
 
         fs, size = store.pyarrow_fs(), ckpt.stat().st_size
         folder = scratch / "ckpt"
         folder.mkdir()
         shutil.copy(ckpt, folder / ckpt.name)
         target = f"{bucket}/ray/checkpoint_000001"
-        up_job = _mb_per_s(size, lambda: pyarrow.fs.copy_files(str(folder), target, destination_filesystem=fs))
-        up_ref = _mb_per_s(size, lambda: client.upload_file(str(ckpt), bucket, "ref/checkpoint.pt"))
-        results["checkpoint upload"] = (up_job, up_ref)
-        back = scratch / "ckpt-back"
-        back.mkdir()
-        down_job = _mb_per_s(size, lambda: pyarrow.fs.copy_files(target, str(back), source_filesystem=fs))
-        down_ref = _mb_per_s(size, lambda: client.download_file(bucket, "ref/checkpoint.pt", str(scratch / "ref.pt")))
-        results["checkpoint download"] = (down_job, down_ref)
+        results["checkpoint upload"] = _mb_per_s(
+            size, lambda i: pyarrow.fs.copy_files(str(folder), target, destination_filesystem=fs, chunk_size=RAY_CHUNK),
+            lambda i: client.upload_file(str(ckpt), bucket, "ref/checkpoint.pt"))
+        results["checkpoint download"] = _mb_per_s(
+            size, lambda i: Checkpoint(target, filesystem=fs).to_directory(str(scratch / f"ckpt-back{i}")),
+            lambda i: client.download_file(bucket, "ref/checkpoint.pt", str(scratch / f"ref{i}.pt")))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return results
-
 
 
 def measure_mirror(server, objects: int = 10_000, size: int = 2_000) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import torch
 from job import checkpoint
 from job.data import Preprocessing
 from job.errors import BadInput
-from job.files import inside, sha256, write_json
+from job.files import inside, sha256, write_atomic, write_json
 from job.storage import Location
 
 FORMAT = "job-bundle/1"
@@ -79,7 +79,7 @@ def find(path: Path) -> Path:
     """A bundle folder, or a run folder holding one under best/."""
     if not path.exists():
         raise BadInput(f"bundle '{path}' does not exist: pass the output folder of job train (or its {BEST_DIR}/ folder)")
-    for candidate in (path, path / BEST_DIR):
+    for candidate in (path / BEST_DIR, path):
         if (candidate / MANIFEST).is_file():
             return candidate
     raise BadInput(f"'{path}' holds no {MANIFEST}: pass a finished bundle (the output folder of job train or job tune)")
@@ -140,7 +140,7 @@ def locate(where: Location, cache: Path) -> Path:
     or for s3:// a copy in the cache. `read` then verifies it."""
     if not where.remote:
         return find(where.path)
-    for candidate in (where, where.join(BEST_DIR)):
+    for candidate in (where.join(BEST_DIR), where):  # a run folder first: what `job evaluate RUN` is given
         manifest = candidate.read_json(MANIFEST)
         if manifest:
             break
@@ -148,8 +148,8 @@ def locate(where: Location, cache: Path) -> Path:
         raise BadInput(f"{where} holds no {MANIFEST}: pass a finished bundle (the --output of job train or job tune)")
     check_manifest(manifest, f"{candidate}/{MANIFEST}")
     local = candidate.cache_path(cache)
-    candidate.pull_files(list(manifest["files"]), local)
-    write_json(local / MANIFEST, manifest)
+    candidate.pull_files({name: entry["sha256"] for name, entry in manifest["files"].items()}, local)
+    write_atomic(local / MANIFEST, json.dumps(manifest, indent=2) + "\n", durable=False)  # a cache: fetched again if lost
     return local
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from job import bundle, storage
+from job import bundle, files, storage
 from job.config import S3Config
-from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput
+from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, JobError
 from job.storage import Location
 from tests.conftest import RESNET, TINY, assert_error, kill_after_trials_end, run_job
 
@@ -47,11 +47,44 @@ def test_bundle_round_trip_is_byte_equal_and_verified(s3_server, s3_env, local_r
     for name in ("model.pt", "bundle.json"):
         assert (fetched / name).read_bytes() == (local_run / "best" / name).read_bytes()
     assert bundle.read(fetched)["classes"] == ["class_0", "class_1", "class_2"]
-    # a damaged object is caught by the manifest's size and SHA-256
+    # a damaged object is caught by the manifest's SHA-256 as it streams in, and nothing is left in the cache
     client.put_object(Bucket=bucket, Key="runs/one/best/model.pt", Body=b"not the model")
-    damaged = bundle.locate(where, tmp_path / "cache2")
-    with pytest.raises(BadInput, match="does not match bundle.json"):
-        bundle.read(damaged)
+    with pytest.raises(BadInput, match=r"runs/one/best/model.pt is damaged: .* write it again"):
+        bundle.locate(where, tmp_path / "cache2")
+    assert not [p for p in (tmp_path / "cache2").rglob("*") if p.is_file()]
+
+
+def test_the_server_checks_each_upload_against_the_files_sha256(s3_server, s3_env, tmp_path):
+    """A file whose bytes are not the SHA-256 job computed (here: a stale digest, as when the file changes while it
+    is uploaded) is refused by the server's own check; what was stored is verified when it is downloaded again."""
+    where = Location.parse(f"s3://{s3_server.bucket()}/u")
+    small = tmp_path / "small.bin"
+    small.write_bytes(os.urandom(1000))
+    files.sha256(small)
+    small.write_bytes(os.urandom(1000))  # same size, new bytes
+    files.remember_sha256(small, "0" * 64)  # as if hashed before the change
+    with pytest.raises(JobError, match=r"does not match the file's SHA-256 \(BadDigest\)"):
+        where.store.upload(small, where.url.join("small.bin"))
+    assert not where.store.exists(where.url.join("small.bin"))
+    small.write_bytes(b"whole")
+    where.store.upload(small, where.url.join("small.bin"))
+    where.store.download(where.url.join("small.bin"), tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == b"whole"
+    with pytest.raises(BadInput, match="is damaged"):  # the recorded SHA-256 checks a download without a manifest
+        where.store.download(where.url.join("small.bin"), tmp_path / "back2.bin", digest="f" * 64)
+    assert not (tmp_path / "back2.bin").exists()
+
+
+def test_a_bundle_already_in_the_cache_is_not_downloaded_again(s3_server, s3_env, local_run, tmp_path):
+    where = Location.parse(f"s3://{s3_server.bucket()}/r")
+    where.publish(local_run, last="best/bundle.json")
+    first = bundle.locate(where, tmp_path / "cache") / "model.pt"
+    inode = first.stat().st_ino
+    again = bundle.locate(where, tmp_path / "cache") / "model.pt"
+    assert again == first and again.stat().st_ino == inode  # the same file: checked, not fetched
+    first.write_bytes(b"damaged in the cache")
+    assert bundle.read(bundle.locate(where, tmp_path / "cache"))["format"]  # a damaged copy is fetched again
+    assert first.read_bytes() == (local_run / "best" / "model.pt").read_bytes()
 
 
 def test_manifest_is_uploaded_last_and_the_old_one_deleted_first(s3_server, s3_env, local_run, monkeypatch):
@@ -352,8 +385,8 @@ def test_names_from_a_listing_or_manifest_never_leave_the_target_folder(tmp_path
     source = Location.parse(tmp_path / "bundle")
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "model.pt").write_bytes(b"w")
-    source.pull_files(["model.pt"], tmp_path / "into")
+    source.pull_files({"model.pt": ""}, tmp_path / "into")
     for hostile in ("../escaped.pt", "/etc/passwd", "a/../../escaped.pt"):
         with pytest.raises(BadInput, match="would leave"):
-            source.pull_files([hostile], tmp_path / "into")
+            source.pull_files({hostile: ""}, tmp_path / "into")
     assert not (tmp_path / "escaped.pt").exists()
