@@ -38,6 +38,8 @@ class Plan:
     trial: tuple[str, ...]  # the fixed trial run through job train and job tune
     startups: tuple[str, ...]  # job tune flags for the per-trial start-up run (one trial at a time)
     sync_objects: int = 10_000  # objects in the data set synced from S3
+    scale_sizes: tuple[int, ...] = (64, 224)  # image sizes of the scale section
+    scale_per_class: tuple[int, int, int] = (6000, 1000, 100)  # train, test and small-set images per class
 
 
 FIXED = ("--lr-range", "0.01,0.01", "--step-size-range", "2,2", "--gamma-range", "0.1,0.1")  # = job train's defaults
@@ -51,7 +53,7 @@ FULL = Plan(
               "--set", "builtin_val_per_class=10"),
 )
 SMOKE = Plan(
-    sync_objects=200, repeats=1, loop_image_size=32, loop_per_class=2, loop_compile=False,
+    sync_objects=200, scale_sizes=(32,), scale_per_class=(12, 6, 4), repeats=1, loop_image_size=32, loop_per_class=2, loop_compile=False,
     search=("--epochs", "2", "--num-samples", "2", "--image-size", "32", "--set", "builtin_train_per_class=4",
             "--set", "builtin_val_per_class=2"),
     trial=("--epochs", "2", "--image-size", "32", "--set", "builtin_train_per_class=4", "--set", "builtin_val_per_class=2"),
@@ -251,6 +253,35 @@ def bench_storage(plan: Plan, run_folder: Path, table: Table, raw: dict) -> None
               "one object at a time (job before 2026-11-30)", ref, "objects/s", ">= 10x", job >= 10 * ref)
 
 
+def bench_scale(plan: Plan, table: Table, raw: dict) -> None:
+    """Opt-in (--only scale): the whole of Fashion-MNIST, one pass per size (an hour or more on 2 CPU cores)."""
+    from bench import scale
+
+    work = Path(tempfile.mkdtemp(prefix="job-bench-scale-"))
+    train, test, small = plan.scale_per_class
+    raw["scale"] = [scale.measure(size, work, say, train, test, small) for size in plan.scale_sizes]
+    for m in raw["scale"]:
+        s, px, n, k = "scale", f"{m['size']} px", f"{train * 10:,} images", f"{small * 10:,}"
+        table.add(s, f"prepare {n} at {px} (read, hash, decode, resize, cache)", m["prepare"]["img_s"],
+                  "bare PIL decode + resize loop, same threads", m["pil"]["img_s"], "img/s", ">= 0.9x",
+                  m["prepare"]["img_s"] >= 0.9 * m["pil"]["img_s"])
+        table.add(s, f"cache on disk, {n} at {px}", m["prepare"]["cache_bytes"] / 1e6,
+                  f"images x {m['side']}² x 3 bytes", m["expected_cache_bytes"] / 1e6, "MB")
+        table.add(s, f"memory preparing {n} at {px} (besides the memory map)", m["prepare"]["anon_peak_mb"],
+                  f"the same for {k} images", m["small_prepare"]["anon_peak_mb"], "MB", "no growth (<= 1.1x)",
+                  m["prepare"]["anon_peak_mb"] <= 1.1 * m["small_prepare"]["anon_peak_mb"])
+        table.add(s, f"start to first training batch, cached second run, {n} at {px}", m["first_batch"]["since_start_s"],
+                  f"the same for {k} images", m["first_batch_small"]["since_start_s"], "s", "seconds, not minutes (< 60 s)",
+                  m["first_batch"]["since_start_s"] < 60)
+        table.add(s, f"job train loop over {n} at {px}", m["loop_full"]["img_s"], f"the same loop over {k} images",
+                  m["loop_small"]["img_s"], "img/s", "no drop (>= 0.9x)", m["loop_full"]["img_s"] >= 0.9 * m["loop_small"]["img_s"])
+        for what in ("evaluate", "predict"):
+            table.add(s, f"job {what} on {test * 10:,} images at {px} (whole command)", m[f"{what}_img_s"],
+                      "model-only eval bound", m["eval_bound_img_s"], "img/s")
+        table.add(s, f"materialise {train * 10 + test * 10:,} built-in images (once per machine)", m["materialise_s"],
+                  "", None, "s")
+
+
 # ---- output --------------------------------------------------------------------------------------------------------
 
 def machine() -> dict:
@@ -297,11 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny settings, one repeat: checks that every path runs")
     p.add_argument("--repeats", type=int, help="repeats per figure (default 3; 1 with --smoke)")
     p.add_argument("--out", type=Path, default=HERE, help="folder for results.json and results.md (default bench/)")
-    p.add_argument("--only", nargs="+", choices=["loop", "search", "space", "orchestration", "storage"], help="some sections only")
+    p.add_argument("--only", nargs="+", choices=["loop", "search", "space", "orchestration", "storage", "scale"],
+                   help="some sections only (scale runs only when named: an hour or more on 2 CPU cores)")
+    p.add_argument("--scale-sizes", type=int, nargs="+", help="image sizes of the scale section (default 64 224)")
     args = p.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     if args.repeats:
         plan = dataclasses.replace(plan, repeats=args.repeats)
+    if args.scale_sizes:
+        plan = dataclasses.replace(plan, scale_sizes=tuple(args.scale_sizes))
     cache = Path(os.environ.setdefault("JOB_CACHE", str(Path(tempfile.gettempdir()) / "job-bench-cache")))
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     warnings.filterwarnings("ignore", message=".*worker processes in total")  # the tutorial's 4 workers on 2 CPUs: known
@@ -317,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         run_folder = bench_orchestration(plan, table, raw)
         if "storage" in sections:
             bench_storage(plan, run_folder, table, raw)
+    if "scale" in sections:
+        bench_scale(plan, table, raw)
     results = {"machine": machine(), "smoke": args.smoke, "repeats": plan.repeats, "plan": dataclasses.asdict(plan),
                "seconds": round(time.perf_counter() - started, 1), "rows": table.rows, "raw": raw}
     args.out.mkdir(parents=True, exist_ok=True)
