@@ -109,12 +109,15 @@ def child_pil(root: str, size: int) -> dict:
     from job.config import TrainConfig
     from job.run import preprocessing
 
+    from job.data import INTERPOLATIONS
+
     split = _split(Path(root), "train")
-    side = preprocessing(TrainConfig(image_size=size)).resize_size  # the same pixels as job's cache holds
+    prep = preprocessing(TrainConfig(image_size=size))  # the same pixels and filter as job's cache
+    side, resample = prep.resize_size, INTERPOLATIONS[prep.interpolation]
 
     def one(path: Path) -> None:
         with Image.open(path) as img:
-            np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR))
+            np.asarray(img.convert("RGB").resize((side, side), resample))
 
     anon, start = AnonPeak(), time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(cpus.available()) as pool:

@@ -29,9 +29,12 @@ from PIL import Image
 from job import cpus
 from job.errors import BadInput, JobError
 from job.files import write_json
+from job.progress import say
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CACHE_VERSION = 1  # bump when the decoded pixels would differ for the same files
+DECODE_CHUNK = 4096  # images handed to the decoding threads at a time
+LOW_DISK_BYTES, LOW_DISK_FRACTION = 1 << 30, 0.05  # warn when a decoded data set would leave less free than both
 BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's ways of saying "bad file"
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -98,9 +101,21 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """The image files below `folder` (hidden files and folders left out; symlinked folders not followed, as
+    Path.rglob), in Path order. os.scandir answers "is it a file" from the directory entry, without a stat per file:
+    measured on the 60,000 + 10,000 images of Fashion-MNIST (2 cores), a cached run's scan took 9.5 s with
+    Path.rglob, is_file and relative_to, and under a second this way."""
+    found, todo = [], [os.fspath(folder)]
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
+                    found.append(e.path)
+    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]  # the order of Path's own comparison
 
 
 def scan_classes(root: Path) -> dict[str, list[Path]]:
@@ -172,8 +187,10 @@ def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
         scale = size / min(w, h)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
         img = img.resize((new_w, new_h), INTERPOLATIONS[interpolation])
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        return np.asarray(img.crop((left, top, left + size, top + size)))
+        if (new_w, new_h) != (size, size):
+            left, top = (new_w - size) // 2, (new_h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        return np.asarray(img)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +206,8 @@ class Prepared:
 
 def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers: int) -> Prepared:
     """Decode a split once into the on-disk cache (keyed by names, sizes, mtimes and preprocessing) and map it."""
-    stats = [(str(f.relative_to(root)), *_stat(f)) for f in split.files]
+    prefix = os.fspath(root) + os.sep
+    stats = [(_relative(os.fspath(f), prefix, f, root), *_stat(f)) for f in split.files]
     key_src = json.dumps([CACHE_VERSION, prep.resize_size, prep.interpolation, str(root.resolve()), stats, split.labels])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     folder = cache / "prepared"
@@ -204,15 +222,36 @@ def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers:
     return Prepared(images, np.array(split.labels, dtype=np.int64), ok, bad, meta["fingerprint"])
 
 
+def _relative(path: str, prefix: str, f: Path, root: Path) -> str:
+    """str(f.relative_to(root)), by slicing when `prefix` is root's (Path.relative_to: ~34 us a file here)."""
+    return path[len(prefix):] if path.startswith(prefix) else str(f.relative_to(root))
+
+
 def _stat(path: Path) -> tuple[int, int]:
     s = path.stat()
     return s.st_size, s.st_mtime_ns
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MiB"
+
+
 def _no_room(folder: Path, need: int, free: int) -> JobError:
-    mib = lambda n: f"{n / (1 << 20):,.0f} MiB"  # noqa: E731
-    return JobError(f"the decoded data set needs {mib(need)} in the cache folder {folder}, which has {mib(free)} "
+    return JobError(f"the decoded data set needs {_mib(need)} in the cache folder {folder}, which has {_mib(free)} "
                     "free: free space there, or set JOB_CACHE to a folder on a larger disk")
+
+
+def check_room(folder: Path, need: int) -> None:
+    """Refuse a decoded data set that does not fit in the cache's disk; warn (with the numbers) when it would leave
+    less than LOW_DISK_BYTES or LOW_DISK_FRACTION of that disk free, since checkpoints and other runs need room too."""
+    usage = shutil.disk_usage(folder)
+    if need > usage.free:
+        raise _no_room(folder, need, usage.free)
+    left = usage.free - need
+    if left < max(LOW_DISK_BYTES, LOW_DISK_FRACTION * usage.total):
+        say(f"warning: the decoded data set takes {_mib(need)} of the {_mib(usage.free)} free in the cache folder "
+            f"{folder}, leaving {_mib(left)} of {_mib(usage.total)}: free space there, or set JOB_CACHE to a folder on "
+            "a larger disk")
 
 
 def _reserve(path: str, nbytes: int, folder: Path) -> None:
@@ -231,31 +270,51 @@ def _reserve(path: str, nbytes: int, folder: Path) -> None:
 def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: Path, workers: int) -> None:
     n, size = len(split.files), prep.resize_size
     folder = array_path.parent
-    need, free = n * size * size * 3 + 4096, shutil.disk_usage(folder).free
-    if need > free:
-        raise _no_room(folder, need, free)
+    check_room(folder, n * size * size * 3 + 4096)  # the cache grows by this: images x side² x 3 bytes
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
     os.close(fd)
     try:
-        out = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        header = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        start, row = header.offset, size * size * 3
+        del header  # the .npy header is written; the rows go in with pwrite
         _reserve(tmp_name, os.path.getsize(tmp_name), folder)
         ok = np.zeros(n, dtype=bool)
         digests = [""] * n
+        fd = os.open(tmp_name, os.O_WRONLY)
 
-        def one(i: int, out: np.ndarray = out) -> None:
+        def one(i: int) -> None:
             try:
                 data = split.files[i].read_bytes()
                 digests[i] = hashlib.sha256(data).hexdigest()
-                out[i] = load_image(data, size, prep.interpolation)
-                ok[i] = True
+                pixels = load_image(data, size, prep.interpolation)
             except BAD_IMAGE:  # a file that cannot be read (gone, no permission) is a bad image too
-                pass
+                return
+            # one write per image, not page faults on a memory map: measured 15 us against 19-27 us an image here
+            if os.pwrite(fd, pixels, start + i * row) != row:
+                raise OSError(errno.EIO, "short write", tmp_name)
+            ok[i] = True
 
-        # PIL releases the GIL while decoding and resizing, so threads scale without pickling images around.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(one, range(n)))
-        out.flush()
-        del out
+        # PIL releases the GIL while decoding and resizing, so threads scale without pickling images around; a
+        # chunk at a time, so the futures of a large data set are never all in memory at once. Each written chunk
+        # goes to disk in the background while the next decodes (fsync at the end alone took 2.5 s of 30 for
+        # 60,000 images at 64 px here): the array is on disk before its metadata says it is complete.
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
+                    concurrent.futures.ThreadPoolExecutor(max_workers=1) as syncer:
+                synced = None
+                for first in range(0, n, DECODE_CHUNK):
+                    list(pool.map(one, range(first, min(n, first + DECODE_CHUNK))))
+                    if synced is None or synced.done():
+                        synced = syncer.submit(os.fdatasync, fd)
+                if synced is not None:
+                    synced.result()
+            os.fsync(fd)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a file system that could not reserve the blocks up front
+                raise _no_room(folder, n * row, shutil.disk_usage(folder).free) from None
+            raise
+        finally:
+            os.close(fd)
         fingerprint = hashlib.sha256(
             json.dumps([[d, label] for d, label, good in zip(digests, split.labels, ok) if good]).encode()
         ).hexdigest()

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,20 @@ def test_batches_repeat_per_epoch_and_differ_between_epochs(images, cache):
     assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(one, again))
     assert any(not (a[0] == b[0]).all() for a, b in zip(one, two))
     assert sum(len(y) for _, y in one) == len(folder.train.files)
+
+
+def test_the_scan_finds_the_files_rglob_finds_in_the_same_order(tmp_path):
+    """The fast scan (os.scandir) lists exactly what Path.rglob + is_file listed, in Path order: the order decides
+    the seeded train/val split and the cache key, so a data set keeps its split across versions."""
+    root = tmp_path / "c"
+    for name in ("a/x.png", "a-b/x.png", "a.b/y.PNG", "a/b/z.jpg", "a_b/1.jpeg", "Z/2.png", "a/notes.txt",
+                 ".hidden/h.png", "a/.h.png", "a/.dir/q.png", "é/3.png", "a/b-c/4.png", "a/b/c/5.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "a" / "fifo.png").parent.mkdir(exist_ok=True)
+    os.mkfifo(root / "a" / "fifo.png")  # not a file
+    (root / "a" / "link.png").symlink_to(root / "Z" / "2.png")  # a link to a file is a file
+    (root / "linked").symlink_to(root / "a", target_is_directory=True)  # a linked folder is not followed
+    expected = sorted(p for p in root.rglob("*") if data.is_image(p)
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    assert data._images(root) == expected and len(expected) == 10

@@ -124,3 +124,14 @@ def test_a_cache_disk_too_small_for_the_decoded_data_is_refused_before_decoding(
                 env={"JOB_CACHE": str(tmpfs / "cache")})
     assert_error(r, 1, f"in the cache folder {tmpfs / 'cache' / 'prepared'}", "MiB", "JOB_CACHE")
     assert not [p for p in (tmpfs / "cache" / "prepared").iterdir()]  # no half-decoded array left behind
+
+
+def test_a_cache_that_would_leave_the_disk_nearly_full_is_warned_about_with_the_numbers(images, tmp_path, tmpfs):
+    from tests.conftest import TINY, run_job
+
+    r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", tmp_path / "out",
+                env={"JOB_CACHE": str(tmpfs / "cache")})
+    assert r.returncode == 0, r.stderr
+    warning = next(line for line in r.stderr.splitlines() if line.startswith("warning: the decoded data set takes"))
+    assert f"free in the cache folder {tmpfs / 'cache' / 'prepared'}, leaving" in warning and "of 1.0 MiB" in warning
+    assert "JOB_CACHE" in warning and len(r.stderr.splitlines()) < 40  # a warning, not a traceback
