@@ -73,5 +73,22 @@ def trial_startups(run: Run) -> list[float]:
     return [firsts[b] - ends[a] - history[b]["history"][0]["epoch_s"] for a, b in zip(order, order[1:]) if a in ends]
 
 
+AT_A_TIME = re.compile(r"(\d+) at a time")
+
+
+def packing(run: Run) -> dict:
+    """How well a search packed its trials onto the machine: its wall time against the sum of every trial-epoch's
+    seconds divided by the trials run at once (1.0 is perfect), with the shares of the wall time before the first
+    epoch began (start-up) and after the last one ended (tail: the export, the reports, Ray's stop)."""
+    concurrent = next(int(m.group(1)) for _, line in run.lines if (m := AT_A_TIME.search(line)))
+    epochs = [h["epoch_s"] for t in run.result["trials"] for h in t["history"]]
+    ends = [(t, line) for t, line in run.lines if EPOCH_LINE.search(line)]
+    first_trial = EPOCH_LINE.search(ends[0][1]).group(1)
+    first_epoch_s = next(t["history"][0]["epoch_s"] for t in run.result["trials"] if t["trial_id"].startswith(first_trial))
+    return {"packing": run.seconds / (sum(epochs) / concurrent), "concurrent": concurrent,
+            "startup_share": max(0.0, ends[0][0] - first_epoch_s) / run.seconds,
+            "tail_share": (run.seconds - ends[-1][0]) / run.seconds}
+
+
 def cleanup(run: Run) -> None:
     shutil.rmtree(run.folder, ignore_errors=True)
