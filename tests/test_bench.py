@@ -26,6 +26,17 @@ def test_smoke_run_writes_json_and_markdown_for_every_section(tmp_path):
     assert "SMOKE RUN" in table and table.count("\n| ") == len(results["rows"]) + 1
 
 
+@pytest.mark.slow
+def test_the_opt_in_scale_section_runs_on_tiny_settings(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "scale", "--out", str(tmp_path)], cwd=ROOT,
+                       timeout=900, capture_output=True, text=True, env={**os.environ, "JOB_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {row["section"] for row in rows} == {"scale"} and all(row["job"] > 0 for row in rows)
+    cache = next(row for row in rows if row["measure"].startswith("cache on disk"))
+    assert cache["ratio"] == pytest.approx(1.0, abs=0.01)  # the cache is exactly images x side² x 3 bytes
+
+
 def test_readme_shows_the_committed_full_results():
     committed = json.loads((ROOT / "bench" / "results.json").read_text())
     assert not committed["smoke"] and committed["repeats"] >= 3
