@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -249,10 +250,13 @@ def bench_storage(plan: Plan, run_folder: Path, table: Table, raw: dict) -> None
     from tests.s3server import s3_server
 
     folder = Path(tempfile.mkdtemp(prefix="job-bench-weed-"))
-    with s3_server(folder) as server:
-        os.environ.update(server.env)  # job's Store reads the standard variables, as a user's shell would set them
-        runs = [storage.measure(server, run_folder) for _ in range(plan.repeats)]
-        syncs = [storage.measure_mirror(server, plan.sync_objects) for _ in range(plan.repeats)]
+    try:
+        with s3_server(folder) as server:
+            os.environ.update(server.env)  # job's Store reads the standard variables, as a user's shell would set them
+            runs = [storage.measure(server, run_folder) for _ in range(plan.repeats)]
+            syncs = [storage.measure_mirror(server, plan.sync_objects) for _ in range(plan.repeats)]
+    finally:  # the server's data: about 1 GB
+        shutil.rmtree(folder, ignore_errors=True)
     raw["storage"], raw["sync"] = runs, syncs
     for what in runs[0]:
         job = median(r[what][0] for r in runs)
@@ -269,7 +273,10 @@ def bench_scale(plan: Plan, table: Table, raw: dict) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="job-bench-scale-"))
     train, test, small = plan.scale_per_class
-    raw["scale"] = [scale.measure(size, work, say, train, test, small) for size in plan.scale_sizes]
+    try:
+        raw["scale"] = [scale.measure(size, work, say, train, test, small) for size in plan.scale_sizes]
+    finally:  # the decoded caches: about 12 GB at 224 px
+        shutil.rmtree(work, ignore_errors=True)
     for m in raw["scale"]:
         s, px, n, k = "scale", f"{m['size']} px", f"{train * 10:,} images", f"{small * 10:,}"
         table.add(s, f"prepare {n} at {px} (read, hash, decode, resize, cache)", m["prepare"]["img_s"],
@@ -362,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         run_folder = bench_orchestration(plan, table, raw)
         if "storage" in sections:
             bench_storage(plan, run_folder, table, raw)
+        shutil.rmtree(run_folder.parent, ignore_errors=True)  # the kept `job train` run's own folder
     if "scale" in sections:
         bench_scale(plan, table, raw)
     results = {"machine": machine(), "smoke": args.smoke, "repeats": plan.repeats, "plan": dataclasses.asdict(plan),

@@ -11,6 +11,7 @@ import signal
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -72,6 +73,21 @@ def _private_cache(cache, monkeypatch):
     for key in list(os.environ):
         if key.startswith("JOB_") and not key.startswith(ENV_NOT_SETTINGS):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator:
+    """short_tmp(name): a new folder /tmp/job-NAME-XXXX, deleted after the test. For Ray's temporary files: its socket
+    paths must stay under 108 characters, which a pytest tmp_path does not promise."""
+    made = []
+
+    def make(name: str) -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix=f"job-{name}-", dir="/tmp")))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

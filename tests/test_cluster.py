@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,12 @@ SLOW = [*RESNET, "--epochs", "8", "--set", "startup_trials=2"]  # epochs of a se
 
 
 @pytest.fixture
-def cluster(s3_server, monkeypatch):
+def cluster(s3_server, monkeypatch, short_tmp):
     """A head without CPUs (KubeRay's head runs the driver only) and what the test adds. Every node has the S3
     credentials in its environment, as KubeRay's pods have them from their Secret."""
     from ray.cluster_utils import Cluster
 
-    home = Path(tempfile.mkdtemp(prefix="job-cl-", dir="/tmp"))  # Ray's socket paths must stay short
+    home = short_tmp("cl")
     for key, value in {**s3_server.env, "RAY_TMPDIR": str(home), "RAY_USAGE_STATS_ENABLED": "0"}.items():
         monkeypatch.setenv(key, value)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

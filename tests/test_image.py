@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE, VARIANT, MIRROR = "bookworm", "minbase", "http://deb.debian.org/debian"
 IMAGE = "localhost/job:test"
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
+BUILD_ROOM = 30e9  # bytes free the build needs: see _need_room
 UID = 1000
 
 
@@ -100,22 +101,56 @@ def build_mounts(tmp: Path) -> list[str]:
     return [arg for src, dst in mounts.items() for arg in ("-v", f"{src}:{dst}:ro")]
 
 
+def _remove_leftovers() -> None:
+    """Working containers of this module's images that an interrupted run left behind (each a full copy of the image
+    in vfs storage), and the image itself: a failed build must not leave the disk full for every later test."""
+    listed = json.loads(subprocess.run([*BUILDAH, "containers", "--json"], capture_output=True, text=True).stdout
+                        or "null") or []
+    ours = [c["id"] for c in listed if c.get("imagename", "").startswith(("localhost/job-base:", IMAGE))]
+    if ours:
+        subprocess.run([*BUILDAH, "rm", *ours], capture_output=True)
+    subprocess.run([*BUILDAH, "rmi", "-f", IMAGE], capture_output=True)
+
+
+def _need_room() -> None:
+    """vfs storage copies the whole tree per container and buildah writes a layer's tar before storing it, so the
+    build takes about four times the image (7.15 GB) at its peak: 28.3 GB more in use than before it, measured on
+    2026-11-30 (`df` every second). Refused up front, with the numbers, rather than filling the disk halfway and
+    failing every test after it."""
+    graphroot = json.loads(_run([*BUILDAH, "info"]).stdout)["store"]["GraphRoot"]
+    where = Path(graphroot)
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < BUILD_ROOM:
+        pytest.fail(f"the image build needs about {BUILD_ROOM / 1e9:.0f} GB free under {graphroot}, and "
+                    f"{free / 1e9:.1f} GB are: free some space (old containers: `buildah --storage-driver vfs "
+                    "containers`) or deselect the image tests with -m 'not image'")
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     _need_tools()
     if os.environ.get("JOB_TEST_IMAGE"):  # an image built earlier from this Dockerfile: runs it without a rebuild
         yield os.environ["JOB_TEST_IMAGE"]
         return
+    _remove_leftovers()
+    _need_room()
     tmp = tmp_path_factory.mktemp("image")
     base = base_image(tmp)
     started = time.monotonic()
-    _run([*BUILDAH, "build", "--isolation", "chroot", "--layers=false", "--build-arg", f"BASE={base}",
-          *build_mounts(tmp), "-t", IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT)])
+    try:
+        _run([*BUILDAH, "build", "--isolation", "chroot", "--layers=false", "--force-rm",
+              "--build-arg", f"BASE={base}", *build_mounts(tmp), "-t", IMAGE, "-f", str(ROOT / "Dockerfile"),
+              str(ROOT)])
+    except BaseException:
+        _remove_leftovers()
+        raise
     seconds = time.monotonic() - started
     size = json.loads(_run([*BUILDAH, "images", "--json", IMAGE]).stdout)[0]["size"]
     print(f"image built in {seconds:.0f} s, {size}", file=sys.stderr)
     yield IMAGE
-    subprocess.run([*BUILDAH, "rmi", "-f", IMAGE], capture_output=True)
+    _remove_leftovers()
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +217,14 @@ def quickstart_command() -> str:
     return re.search(r"```bash\n(.+?)\n```", section, re.S).group(1).strip()
 
 
+def _remove_tree_without_mounts(root: Path) -> None:
+    """`root` deleted, unless something is still mounted under it (the chroot's binds live in a mount namespace of
+    their own and end with it; a bind seen here would lead the deletion into the host's own folders)."""
+    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    if not any(m == str(root) or m.startswith(f"{root}/") for m in mounted):
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_the_readme_quickstart_runs_as_written_in_a_fresh_debian_root(tmp_path):
     """The quickstart in a fresh bookworm root (the image's base), as root as on a new machine or container; made
     short through job's environment settings only (JOB_TUNE_NUM_SAMPLES, JOB_EPOCHS)."""
@@ -189,23 +232,27 @@ def test_the_readme_quickstart_runs_as_written_in_a_fresh_debian_root(tmp_path):
     command = quickstart_command()
     root = tmp_path / "debian"
     root.mkdir()
-    _run(["tar", "-C", str(root), "-xf", str(rootfs_tarball())])
-    project = root / "root/job"
-    files = _run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT).stdout.splitlines()
-    for name in files:
-        if (ROOT / name).is_file():
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, project / name)
-    shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
-    mounts = []
-    for src, dst, ro in [(a.split(":")[0], a.split(":")[1], True) for a in build_mounts(tmp_path)[1::2]] + [
-            ("/proc", "/proc", False), ("/dev", "/dev", False), ("/sys", "/sys", False)]:
-        target = root / dst.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.mkdir(exist_ok=True) if Path(src).is_dir() else target.touch()
-        mounts.append(f"mount --rbind {src} {target}" + (f" && mount -o remount,bind,ro {target}" if ro else ""))
-    script = (" && ".join(mounts) + f" && exec chroot {root} env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "
-              f"DEBIAN_FRONTEND=noninteractive JOB_TUNE_NUM_SAMPLES=2 JOB_EPOCHS=1 sh -c 'cd /root/job && {command}'")
-    r = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, (command, r.stdout[-2000:], r.stderr[-4000:])
-    assert "job tune: done" in r.stdout and (project / "runs/job-tune/best/bundle.json").is_file(), r.stdout[-2000:]
+    try:
+        _run(["tar", "-C", str(root), "-xf", str(rootfs_tarball())])
+        project = root / "root/job"
+        files = _run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT).stdout.splitlines()
+        for name in files:
+            if (ROOT / name).is_file():
+                (project / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, project / name)
+        shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
+        mounts = []
+        for src, dst, ro in [(a.split(":")[0], a.split(":")[1], True) for a in build_mounts(tmp_path)[1::2]] + [
+                ("/proc", "/proc", False), ("/dev", "/dev", False), ("/sys", "/sys", False)]:
+            target = root / dst.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.mkdir(exist_ok=True) if Path(src).is_dir() else target.touch()
+            mounts.append(f"mount --rbind {src} {target}" + (f" && mount -o remount,bind,ro {target}" if ro else ""))
+        script = (" && ".join(mounts) + f" && exec chroot {root} env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "
+                  "HOME=/root DEBIAN_FRONTEND=noninteractive JOB_TUNE_NUM_SAMPLES=2 JOB_EPOCHS=1 "
+                  f"sh -c 'cd /root/job && {command}'")
+        r = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=1800)
+        assert r.returncode == 0, (command, r.stdout[-2000:], r.stderr[-4000:])
+        assert "job tune: done" in r.stdout and (project / "runs/job-tune/best/bundle.json").is_file(), r.stdout[-2000:]
+    finally:  # the root holds about 7 GB (torch with CUDA): gone now, not at the end of the session
+        _remove_tree_without_mounts(root)

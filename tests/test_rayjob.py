@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -44,11 +43,11 @@ def settings() -> dict[str, str]:
 
 
 @pytest.fixture
-def ray_cluster(s3_server, images):
+def ray_cluster(s3_server, images, short_tmp):
     """A head (no CPUs for trials, its job server on loopback) and one worker node, both `ray start --block` in
     process groups of their own; the pods' environment: settings.yaml's ConfigMap with its S3 endpoint, bucket and
     sizes swapped for the test server's and small ones, and the credentials of the Secret."""
-    home = Path(tempfile.mkdtemp(prefix="job-rj-", dir="/tmp"))  # Ray's socket paths must stay short
+    home = short_tmp("rj")
     bucket = s3_server.bucket()
     client = s3_server.client()
     for f in images.rglob("*.png"):

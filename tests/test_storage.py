@@ -5,9 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -148,7 +146,7 @@ def test_data_set_synced_from_s3_then_not_fetched_again(s3_server, s3_env, image
     assert r.returncode == 0, r.stderr
 
 
-def test_tune_on_s3_survives_losing_the_machine(s3_server, images, tmp_path):
+def test_tune_on_s3_survives_losing_the_machine(s3_server, images, short_tmp):
     """job tune with --storage and --output on S3, killed (SIGKILL, whole process group), its local Ray folder and
     cache deleted as on a new pod, then resumed from S3 alone: it finishes without rerunning finished trials."""
     bucket = s3_server.bucket()
@@ -156,8 +154,7 @@ def test_tune_on_s3_survives_losing_the_machine(s3_server, images, tmp_path):
     args = ["tune", "--data", str(images), *SEARCH, "--storage", storage_url, "--output", output]
 
     def machine(name):
-        # Ray's socket paths must stay under 108 characters: a short folder for its temporary files
-        home = Path(tempfile.mkdtemp(prefix=f"job-{name}-", dir="/tmp"))
+        home = short_tmp(name)
         return home, {**s3_server.env, "JOB_CACHE": str(home / "cache"), "RAY_TMPDIR": str(home)}
 
     first, env = machine("pod-1")
@@ -329,7 +326,7 @@ def test_overwrite_on_s3_leaves_no_file_of_the_earlier_run(s3_server, images):
 STALL_S = 130  # longer than any single S3 request may take (60 s), as a storage server that hangs for two minutes
 
 
-def test_a_stalled_s3_server_neither_hangs_the_search_nor_loses_trials(s3_server, images):
+def test_a_stalled_s3_server_neither_hangs_the_search_nor_loses_trials(s3_server, images, short_tmp):
     """The S3 server paused (SIGSTOP) for two minutes mid-search, then resumed: the search waits, retries, and ends
     with every trial complete and the best bundle on S3."""
     import threading
@@ -339,7 +336,7 @@ def test_a_stalled_s3_server_neither_hangs_the_search_nor_loses_trials(s3_server
     if s3_server.pid is None:
         pytest.skip("pausing needs the local SeaweedFS server; JOB_TEST_S3_ENDPOINT names another one")
     bucket = s3_server.bucket()
-    home = Path(tempfile.mkdtemp(prefix="job-stall-", dir="/tmp"))  # Ray's socket paths stay short
+    home = short_tmp("stall")
     env = {**s3_server.env, "JOB_CACHE": str(home / "cache"), "RAY_TMPDIR": str(home)}
     proc = start_job(["tune", "--data", str(images), *RESNET, "--epochs", "3", "--num-samples", "3", "--set",
                       "early_stopping=none", "--storage", f"s3://{bucket}/ray", "--output", f"s3://{bucket}/best"],
@@ -358,7 +355,6 @@ def test_a_stalled_s3_server_neither_hangs_the_search_nor_loses_trials(s3_server
         os.killpg(s3_server.pid, signal.SIGCONT)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(home, ignore_errors=True)
     trials = json.loads(s3_server.client().get_object(Bucket=bucket, Key="best/trials.json")["Body"].read())
     assert len(trials) == 3 and all(t["status"] == "completed" and t["epochs"] == 3 for t in trials), trials
     assert "Traceback" not in err
