@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -206,8 +206,8 @@ class Prepared:
 
 def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers: int) -> Prepared:
     """Decode a split once into the on-disk cache (keyed by names, sizes, mtimes and preprocessing) and map it."""
-    prefix = os.fspath(root) + os.sep
-    stats = [(_relative(os.fspath(f), prefix, f, root), *_stat(f)) for f in split.files]
+    relative = _relative_to(root)
+    stats = [(relative(f), *_stat(f)) for f in split.files]
     key_src = json.dumps([CACHE_VERSION, prep.resize_size, prep.interpolation, str(root.resolve()), stats, split.labels])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     folder = cache / "prepared"
@@ -222,9 +222,15 @@ def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers:
     return Prepared(images, np.array(split.labels, dtype=np.int64), ok, bad, meta["fingerprint"])
 
 
-def _relative(path: str, prefix: str, f: Path, root: Path) -> str:
-    """str(f.relative_to(root)), by slicing when `prefix` is root's (Path.relative_to: ~34 us a file here)."""
-    return path[len(prefix):] if path.startswith(prefix) else str(f.relative_to(root))
+def _relative_to(root: Path) -> Callable[[Path], str]:
+    """A function f -> str(f.relative_to(root)) that slices the string where it can (Path.relative_to: ~34 us a file
+    here, 2 s for 60,000 files)."""
+    prefix = os.fspath(root) + os.sep
+
+    def relative(f: Path) -> str:
+        path = os.fspath(f)
+        return path[len(prefix):] if path.startswith(prefix) else str(f.relative_to(root))
+    return relative
 
 
 def _stat(path: Path) -> tuple[int, int]:

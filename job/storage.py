@@ -221,16 +221,17 @@ class Store:
         from boto3.s3.transfer import TransferConfig
 
         digest, size = sha256(path), path.stat().st_size
-        meta = {"Bucket": url.bucket, "Key": url.key, "Metadata": {"sha256": digest}}
+        recorded = {"sha256": digest}
         if size <= ONE_REQUEST:
             checksum = base64.b64encode(bytes.fromhex(digest)).decode()
             with open(path, "rb") as body:
-                sent = self._call("uploading to", url, self.client.put_object, Body=body, ChecksumSHA256=checksum, **meta)
+                sent = self._call("uploading to", url, self.client.put_object, Bucket=url.bucket, Key=url.key,
+                                  Body=body, ChecksumSHA256=checksum, Metadata=recorded)
             if sent.get("ChecksumSHA256") == checksum:
                 return
         else:
             self._call("uploading to", url, self.client.upload_file, Filename=str(path), Bucket=url.bucket, Key=url.key,
-                       ExtraArgs={"Metadata": meta["Metadata"], "ChecksumAlgorithm": "SHA256"},
+                       ExtraArgs={"Metadata": recorded, "ChecksumAlgorithm": "SHA256"},
                        Config=TransferConfig(multipart_threshold=ONE_REQUEST, multipart_chunksize=PART))
         head = self._call("checking", url, self.client.head_object, Bucket=url.bucket, Key=url.key)
         if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != digest:

@@ -87,7 +87,8 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
         s.fit.restore(state)
     try:
         for epoch in s.fit:
-            with tempfile.TemporaryDirectory(prefix="job-ckpt-") as folder:
+            # in the private Ray folder when there is one: it goes with the search, also when this trial is killed
+            with tempfile.TemporaryDirectory(prefix="job-ckpt-", dir=os.environ.get("RAY_TMPDIR")) as folder:
                 checkpoint.save(epoch.checkpoint() | s.meta(cfg), Path(folder) / checkpoint.CHECKPOINT_NAME)
                 tune.report({**epoch.metrics, "epoch": epoch.epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
     except Diverged as e:
@@ -243,6 +244,25 @@ def _reason(error) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def remove_stale_ray_folders(tmp: Path) -> list[Path]:
+    """Delete the private Ray folders (job-ray-PID-*) of job processes that were killed before they could delete
+    their own (SIGKILL, the out-of-memory killer): this user's, whose PID no longer runs. A folder whose PID runs
+    again (a reused PID) is left alone; so is anything not named and owned so. Returns what it deleted."""
+    gone = []
+    for folder in tmp.glob("job-ray-*-*"):
+        pid = folder.name.split("-")[2]
+        try:
+            if not pid.isdigit() or folder.lstat().st_uid != os.getuid() or not folder.is_dir() or folder.is_symlink():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+        except (OSError, OverflowError):  # a PID of another user's (PermissionError), a folder gone, a PID too large
+            continue
+    return gone
+
+
 @contextlib.contextmanager
 def _environment():
     """RAY_ENVIRONMENT (unless the user set a value) for the block, and Ray Tune's own error logs off: a failed trial
@@ -253,7 +273,10 @@ def _environment():
     levels = [logger.level for logger in loggers]
     # The private local Ray keeps its sockets, logs and session files in a folder only this user can enter (Ray's
     # default, /tmp/ray, is writable by every user); RAY_TMPDIR set by the user (or the image) is kept.
-    private = None if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_TMPDIR") else tempfile.mkdtemp(prefix="job-ray-")
+    private = None
+    if not (os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_TMPDIR")):
+        remove_stale_ray_folders(Path(tempfile.gettempdir()))
+        private = tempfile.mkdtemp(prefix=f"job-ray-{os.getpid()}-")
     try:
         if private:
             os.environ["RAY_TMPDIR"] = private

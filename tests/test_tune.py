@@ -251,11 +251,31 @@ def test_the_private_ray_keeps_its_files_where_only_this_user_can_enter(data, tm
         folders = set(Path(tempfile.gettempdir()).glob("job-ray-*")) - before
         assert len(folders) == 1, folders
         folder = folders.pop()
+        assert folder.name.startswith(f"job-ray-{proc.pid}-")  # so that the next search can tell it is stale
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and list(folder.glob("ray/session_*/sockets"))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     assert not folder.exists()  # removed when the search stops
+
+
+def test_the_private_ray_folders_of_killed_searches_are_deleted_at_the_next_start(tmp_path):
+    from job.tune import remove_stale_ray_folders
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a PID that no longer runs
+    dead, alive = tmp_path / f"job-ray-{ended.pid}-x1", tmp_path / f"job-ray-{os.getpid()}-x2"
+    for folder in (dead, alive, tmp_path / "job-ray-nopid-x3", tmp_path / "other"):
+        (folder / "ray/session_1").mkdir(parents=True)
+        (folder / "ray/session_1/log").write_text("x")
+    (tmp_path / f"job-ray-{ended.pid}-link").symlink_to(tmp_path / "other")
+    (tmp_path / f"job-ray-{ended.pid}-file").write_text("not a folder")
+
+    assert remove_stale_ray_folders(tmp_path) == [dead]
+    assert not dead.exists() and (alive / "ray/session_1/log").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [alive.name, "job-ray-nopid-x3", "other", f"job-ray-{ended.pid}-link", f"job-ray-{ended.pid}-file"])
+    assert (tmp_path / "other/ray/session_1/log").is_file()
 
 
 def test_a_declared_space_and_metric_drive_the_search_its_tables_and_the_bundle(data, tmp_path):
