@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -252,7 +253,8 @@ def remove_stale_ray_folders(tmp: Path) -> list[Path]:
     for folder in tmp.glob("job-ray-*-*"):
         pid = folder.name.split("-")[2]
         try:
-            if not pid.isdigit() or folder.lstat().st_uid != os.getuid() or not folder.is_dir() or folder.is_symlink():
+            found = folder.lstat()  # not followed: a symlink is not a folder here
+            if not pid.isdigit() or not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
                 continue
             os.kill(int(pid), 0)
         except ProcessLookupError:
