@@ -90,12 +90,10 @@ class Table:
 # ---- sections ------------------------------------------------------------------------------------------------------
 
 def bench_loop(plan: Plan, cache: Path, table: Table, raw: dict) -> None:
-    import torch
-
     from bench import loop
     from job import cpus
 
-    torch.set_num_threads(cpus.available())
+    cpus.for_compute()  # as every job command sets up its process: the bound runs under the same settings
     case = loop.prepare(cache, plan.loop_image_size, plan.loop_per_class, batch_size=32)
     variants = {
         "job": loop.job_loop,
@@ -245,6 +243,15 @@ def bench_orchestration(plan: Plan, table: Table, raw: dict) -> Path:
     return keep
 
 
+def small_run() -> Path:
+    """A finished `job train` run folder of one short epoch, for the storage section alone: its files are as large as
+    any run's of the same model (the weights and the optimiser's state do not grow with images or epochs)."""
+    from bench import search
+
+    return search.job("train", "--epochs", "1", "--image-size", "32", "--set", "builtin_train_per_class=4",
+                      "--set", "builtin_val_per_class=2").folder / "out"
+
+
 def bench_storage(plan: Plan, run_folder: Path, table: Table, raw: dict) -> None:
     from bench import storage
     from tests.s3server import s3_server
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if "space" in sections:
         bench_space(plan, table, raw)
     if sections & {"orchestration", "storage"}:
-        run_folder = bench_orchestration(plan, table, raw)
+        run_folder = bench_orchestration(plan, table, raw) if "orchestration" in sections else small_run()
         if "storage" in sections:
             bench_storage(plan, run_folder, table, raw)
         shutil.rmtree(run_folder.parent, ignore_errors=True)  # the kept `job train` run's own folder

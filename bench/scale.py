@@ -241,4 +241,8 @@ def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, sma
 
 if __name__ == "__main__":
     name, *rest = sys.argv[1:]
+    if name in ("first_batch", "loop", "eval_bound"):  # the ones that run the model
+        from job import cpus
+
+        cpus.for_compute()  # as every job command sets up its process: the loop and the bound alike
     print(json.dumps(CHILDREN[name](*[int(a) if a.isdigit() else a for a in rest])))

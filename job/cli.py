@@ -219,7 +219,7 @@ def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from job import checkpoint, cpus, report, storage
 
-    cpus.limit_torch_threads()
+    cpus.for_compute()
     s3 = resolve_config(args, config.S3Config)
     if args.resume:
         if storage.is_s3(args.resume):
@@ -316,7 +316,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from job.files import write_json
     from job.storage import Location
 
-    cpus.limit_torch_threads()
+    cpus.for_compute()
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
     model = _load(args)
@@ -347,7 +347,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from job import cpus, report
 
-    cpus.limit_torch_threads()
+    cpus.for_compute()
     if args.top_k < 1:
         raise BadInput(f"--top-k {args.top_k} must be >= 1")
     rows = _load(args).predict(args.paths, args.top_k, skip_bad=args.skip_bad_images)
@@ -363,7 +363,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from job import cpus
 
-    cpus.limit_torch_threads()
+    cpus.for_compute()
     if not args.quiet and not args.json:
         say(f"exporting {args.bundle} as {args.format} and checking it against the bundle's model")
     result = api.export(args.bundle, args.format, args.output, data=args.check_data, overwrite=args.overwrite,

@@ -8,8 +8,10 @@ a 64-core node, 64 threads would fight over 4 CPUs' worth of time. cgroup v2 (`c
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -38,12 +40,34 @@ def quota(cgroup: Path = CGROUP) -> float | None:
         return None
 
 
-def limit_torch_threads() -> None:
-    """torch's threads to the CPUs this process may use, unless the user chose with OMP_NUM_THREADS."""
+def for_compute() -> None:
+    """Set up this process (a command's, or a trial's Ray worker) to run models on the CPU: torch's threads to the
+    CPUs it may use, unless the user chose with OMP_NUM_THREADS; and freed memory kept for the next batch."""
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
 
         torch.set_num_threads(available())
+    keep_freed_memory()
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> None:
+    """Large tensors come from the heap and freed memory stays there for the next one. glibc otherwise maps every
+    block above 32 MB (its mmap ceiling) afresh and unmaps it when freed, and the kernel zeroes each 4 kB page again
+    on its first touch: at 224 px every activation of a batch is such a block. Measured on 2 cores, EfficientNet-
+    Lite0 at 224 px: eval 21.5 -> 47.9 img/s (batch 64; the page faults took as much CPU time as the model),
+    training 9.4 -> 14.3 img/s (batch 32; peak memory 3.5 -> 4.0 GB), and 62 -> 76 img/s training at 64 px.
+    glibc only (elsewhere nothing changes); a user's own MALLOC_* variables win."""
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(M_MMAP_MAX, 0)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def share(cpu_count: int, gpus: float, search, device: str) -> tuple[dict, int]:

@@ -70,6 +70,7 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
     if diverged.is_file():  # Ray retries a failed trial from its checkpoint, which would diverge the same way again
         raise Diverged(diverged.read_text())
     torch.set_num_threads(threads)  # no oversubscription: as many threads as CPUs given to the trial
+    cpus.keep_freed_memory()
     gpus = ray.get_gpu_ids()
     if gpus and base["device"] != "cpu" and not torch.cuda.is_available():  # never train on the CPU in silence
         raise JobError(f"Ray gave this trial GPU {', '.join(map(str, gpus))} on {socket.gethostname()}, but torch sees "
