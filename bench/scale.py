@@ -193,6 +193,7 @@ def child_eval_bound(size: int, cache: str) -> dict:
 
 CHILDREN = {"prepare": child_prepare, "pil": child_pil, "first_batch": child_first_batch, "loop": child_loop,
             "eval_bound": child_eval_bound}
+RUN_THE_MODEL = ("first_batch", "loop", "eval_bound")  # set up as every job command sets up its process
 
 
 # ---- the measure ---------------------------------------------------------------------------------------------------
@@ -241,8 +242,8 @@ def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, sma
 
 if __name__ == "__main__":
     name, *rest = sys.argv[1:]
-    if name in ("first_batch", "loop", "eval_bound"):  # the ones that run the model
+    if name in RUN_THE_MODEL:
         from job import cpus
 
-        cpus.for_compute()  # as every job command sets up its process: the loop and the bound alike
+        cpus.for_compute()  # the loop and the bound alike
     print(json.dumps(CHILDREN[name](*[int(a) if a.isdigit() else a for a in rest])))

@@ -35,12 +35,18 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
     deleted, each file sent with its SHA-256 for the server to check, the manifest last); its download is what
     `job evaluate s3://` does before it builds the model (bundle.locate, each file's SHA-256 checked as it streams
     in, then bundle.read's check of the folder), into an empty cache each time. A checkpoint moves the way Ray Tune
-    moves trial checkpoints through job's file system: pyarrow.fs.copy_files with Ray's chunk size up, and Ray's
-    own Checkpoint.to_directory down (a restored trial). The reference is one boto3 upload_file/download_file of
-    the largest file (model.pt, or checkpoint.pt) alone.
+    moves trial checkpoints through job's file system: pyarrow.fs.copy_files with Ray's chunk size up; down, the way
+    a search reads its best trial's checkpoint (and a retried trial its own) into a training state, against one
+    boto3 download_file and torch.load of the file. The reference is one boto3 upload_file/download_file of the
+    largest file (model.pt, or checkpoint.pt) alone.
     """
+    import importlib
+
     import pyarrow.fs
+    import torch
     from ray.train import Checkpoint
+
+    job_tune = importlib.import_module("job.tune")  # the module (job.tune is also the API's function)
 
     client, bucket = server.client(), server.bucket()
     where = Location.parse(f"s3://{bucket}/job/run")
@@ -70,12 +76,18 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
         results["checkpoint upload"] = _mb_per_s(
             size, lambda i: pyarrow.fs.copy_files(str(folder), target, destination_filesystem=fs, chunk_size=RAY_CHUNK),
             lambda i: client.upload_file(str(ckpt), bucket, "ref/checkpoint.pt"))
-        results["checkpoint download"] = _mb_per_s(
-            size, lambda i: Checkpoint(target, filesystem=fs).to_directory(str(scratch / f"ckpt-back{i}")),
-            lambda i: client.download_file(bucket, "ref/checkpoint.pt", str(scratch / f"ref{i}.pt")))
+        results["checkpoint download, then torch.load (both)"] = _mb_per_s(
+            size, lambda i: job_tune._load(Checkpoint(target, filesystem=fs)),
+            lambda i: torch.load(_downloaded(client, bucket, "ref/checkpoint.pt", scratch / f"ref{i}.pt"),
+                                 map_location="cpu", weights_only=True))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return results
+
+
+def _downloaded(client, bucket: str, key: str, path: Path) -> Path:
+    client.download_file(bucket, key, str(path))
+    return path
 
 
 def measure_mirror(server, objects: int = 10_000, size: int = 2_000) -> tuple[float, float]:

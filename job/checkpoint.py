@@ -29,8 +29,17 @@ def load(path: Path) -> dict:
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise BadInput(f"checkpoint '{path}' does not exist: pass --resume with a run folder or its {CHECKPOINT_NAME}")
+    return _checked(path, path)
+
+
+def read(data: bytes, where: str) -> dict:
+    """A checkpoint written by `save`, from its bytes (as read from storage); `where` names it in errors."""
+    return _checked(io.BytesIO(data), where)
+
+
+def _checked(source, path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
         raise BadInput(f"checkpoint '{path}' cannot be read ({type(e).__name__}): it is damaged or not a job checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

@@ -40,13 +40,14 @@ def quota(cgroup: Path = CGROUP) -> float | None:
         return None
 
 
-def for_compute() -> None:
-    """Set up this process (a command's, or a trial's Ray worker) to run models on the CPU: torch's threads to the
-    CPUs it may use, unless the user chose with OMP_NUM_THREADS; and freed memory kept for the next batch."""
-    if "OMP_NUM_THREADS" not in os.environ:
+def for_compute(threads: int | None = None) -> None:
+    """Set up this process to run models on the CPU: torch's threads to `threads` (a trial's CPUs, given by Ray:
+    whatever OMP_NUM_THREADS says, trials must not oversubscribe), else (a command) to the CPUs it may use unless
+    the user chose with OMP_NUM_THREADS; and freed memory kept for the next batch."""
+    if threads is not None or "OMP_NUM_THREADS" not in os.environ:
         import torch
 
-        torch.set_num_threads(available())
+        torch.set_num_threads(threads or available())
     keep_freed_memory()
 
 

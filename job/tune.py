@@ -25,6 +25,7 @@ import time
 import types
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
@@ -69,8 +70,7 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
     diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED
     if diverged.is_file():  # Ray retries a failed trial from its checkpoint, which would diverge the same way again
         raise Diverged(diverged.read_text())
-    torch.set_num_threads(threads)  # no oversubscription: as many threads as CPUs given to the trial
-    cpus.keep_freed_memory()
+    cpus.for_compute(threads)
     gpus = ray.get_gpu_ids()
     if gpus and base["device"] != "cpu" and not torch.cuda.is_available():  # never train on the CPU in silence
         raise JobError(f"Ray gave this trial GPU {', '.join(map(str, gpus))} on {socket.gethostname()}, but torch sees "
@@ -81,8 +81,7 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
     s = run.setup(cfg, run.cache_dir(), s3=S3Config.from_dict(s3), objective=tuple(objective))
     restored = tune.get_checkpoint()
     if restored:
-        with restored.as_directory() as folder:
-            state = checkpoint.load(Path(folder))
+        state = _load(restored)
         if state["data_fingerprint"] != s.fingerprint:
             raise BadInput(f"the data in '{cfg.data}' changed since this trial's checkpoint was written: resume with "
                            "the same data, or pass --restart")
@@ -528,8 +527,19 @@ def _checkpoint_state(result) -> dict:
     """The training state in a trial's latest checkpoint (FileNotFoundError when there is none left)."""
     if result.checkpoint is None:
         raise FileNotFoundError(result.path)
-    with result.checkpoint.as_directory() as folder:
-        return checkpoint.load(Path(folder))
+    return _load(result.checkpoint)
+
+
+def _load(saved: tune.Checkpoint) -> dict:
+    """A trial checkpoint's training state, read where it is. From S3 its bytes are read into memory, one GET:
+    Ray's as_directory would write them to a local folder for torch to read back, and writing is the slow half
+    (27 MB: 55 ms read against 90-110 ms through a folder on this machine's disk; bench/storage.py)."""
+    if isinstance(saved.filesystem, pyarrow.fs.LocalFileSystem):
+        return checkpoint.load(Path(saved.path))
+    path = f"{saved.path}/{checkpoint.CHECKPOINT_NAME}"
+    with saved.filesystem.open_input_file(path) as f:
+        data = f.read()
+    return checkpoint.read(data, f"s3://{path}")
 
 
 def _trial_dirname(trial) -> str:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -113,3 +114,14 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            _remove_sockets(p)
+
+
+def _remove_sockets(base: int) -> None:
+    """The unix sockets SeaweedFS leaves in the temporary folder after it stops (seaweedfs-<service>-<port>.sock),
+    this server's only: by its ports, which all lie between base and base + 10010."""
+    for sock in Path(tempfile.gettempdir()).glob("seaweedfs-*.sock"):
+        port = sock.stem.rsplit("-", 1)[-1]
+        if port.isdigit() and 0 < int(port) - base < 10010 and sock.is_socket():
+            sock.unlink(missing_ok=True)

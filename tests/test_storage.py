@@ -383,3 +383,34 @@ def test_names_from_a_listing_or_manifest_never_leave_the_target_folder(tmp_path
         with pytest.raises(BadInput, match="would leave"):
             source.pull_files({hostile: ""}, tmp_path / "into")
     assert not (tmp_path / "escaped.pt").exists()
+
+
+def test_a_trial_checkpoint_in_s3_is_read_in_memory_and_a_lost_or_damaged_one_is_named(s3_server, s3_env, tmp_path,
+                                                                                        monkeypatch):
+    """How a search reads its best trial's checkpoint (and a retried trial its own): one GET into memory, not a copy
+    through a local folder; a damaged object is named, a lost one is FileNotFoundError (the trial is passed over)."""
+    import importlib
+
+    import pyarrow.fs
+    from ray import tune as ray_tune
+
+    from job import checkpoint
+    from tests.test_checkpoint import state
+
+    tune = importlib.import_module("job.tune")  # the module (job.tune is also the API's function)
+
+    monkeypatch.setattr(storage, "_CREDENTIALS", [])  # this process's, looked up again from the server's keys
+    bucket = s3_server.bucket()
+    fs = Location.parse(f"s3://{bucket}/ray").store.pyarrow_fs()
+    checkpoint.save(state(3), tmp_path / checkpoint.CHECKPOINT_NAME)
+    pyarrow.fs.copy_files(str(tmp_path), f"{bucket}/ray/ckpt", destination_filesystem=fs)
+    monkeypatch.setattr(ray_tune.Checkpoint, "to_directory", lambda *a: pytest.fail("copied to a local folder"))
+    assert tune._load(ray_tune.Checkpoint(f"{bucket}/ray/ckpt", filesystem=fs))["epoch"] == 3
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="ray/ckpt/checkpoint.pt", Body=b"junk")
+    with pytest.raises(BadInput, match=f"checkpoint 's3://{bucket}/ray/ckpt/checkpoint.pt' cannot be read"):
+        tune._load(ray_tune.Checkpoint(f"{bucket}/ray/ckpt", filesystem=fs))
+    client.delete_object(Bucket=bucket, Key="ray/ckpt/checkpoint.pt")
+    with pytest.raises(FileNotFoundError):
+        tune._load(ray_tune.Checkpoint(f"{bucket}/ray/ckpt", filesystem=fs))
+    assert tune._load(ray_tune.Checkpoint(str(tmp_path)))["epoch"] == 3  # a local one where it is
