@@ -10,7 +10,7 @@ from pathlib import Path
 from job import bundle, page, report
 from job.checkpoint import CHECKPOINT_NAME
 from job.data import Preprocessing
-from job.errors import JobError
+from job.errors import BadInput, JobError
 from job.progress import describe, say, status_counts
 from job.files import write_json
 from job.storage import RUN_FILE
@@ -83,7 +83,7 @@ def best_readable(done: list[Trial], state_of, where: str) -> tuple[Trial, dict]
     for t in sorted(done, key=rank, reverse=True):
         try:
             state = state_of(t)
-        except (FileNotFoundError, JobError):
+        except (FileNotFoundError, BadInput):  # gone, or damaged; a storage that fails is not passed over
             say(f"warning: trial {t.trial_id} ({t.metric} {t.value:.4f}) has no readable checkpoint left: passed over")
             continue
         # The checkpoint's history is whole up to its epoch; the one Ray recorded may lack epochs (a trial retried

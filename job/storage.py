@@ -381,8 +381,7 @@ class Store:
                 except OSError as e:
                     if e.errno is not None:
                         raise  # the local disk's (a full disk names its file)
-                    detail = str(e).splitlines()[0][:200]  # pyarrow's S3 errors carry no errno, and no key
-                    raise JobError(f"S3 failure while downloading {url} at {self.endpoint.describe()}: {detail}") from None
+                    raise arrow_failure(e, f"downloading {url} at {self.endpoint.describe()}") from None
             if os.path.getsize(tmp) != size:
                 raise JobError(f"{url} changed while it was downloaded (size {os.path.getsize(tmp)}, listed {size}): "
                                "run again")
@@ -707,6 +706,11 @@ class Location:
 
 
 RUN_FILE = "run.json"  # in every run's output: what wrote it, its status and result
+
+
+def arrow_failure(e: OSError, doing: str, fix: str = "") -> JobError:
+    """One of pyarrow's S3 errors (they carry no errno, and no key) as one line."""
+    return JobError(f"S3 failure while {doing}: {str(e).splitlines()[0][:200]}" + (f": {fix}" if fix else ""))
 
 
 def _temporary_beside(path: Path) -> Path:

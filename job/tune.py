@@ -530,6 +530,9 @@ def _checkpoint_state(result) -> dict:
     return _load(result.checkpoint)
 
 
+IN_MEMORY_BYTES = 256 << 20  # a larger checkpoint from S3 goes through a local folder: memory holds it once, not twice
+
+
 def _load(saved: tune.Checkpoint) -> dict:
     """A trial checkpoint's training state, read where it is. From S3 its bytes are read into memory, one GET:
     Ray's as_directory would write them to a local folder for torch to read back, and writing is the slow half
@@ -537,9 +540,17 @@ def _load(saved: tune.Checkpoint) -> dict:
     if isinstance(saved.filesystem, pyarrow.fs.LocalFileSystem):
         return checkpoint.load(Path(saved.path))
     path = f"{saved.path}/{checkpoint.CHECKPOINT_NAME}"
-    with saved.filesystem.open_input_file(path) as f:
-        data = f.read()
-    return checkpoint.read(data, f"s3://{path}")
+    try:
+        with saved.filesystem.open_input_file(path) as f:
+            if f.size() <= IN_MEMORY_BYTES:
+                return checkpoint.read(f.read(), f"s3://{path}")
+        with saved.as_directory() as folder:
+            return checkpoint.load(Path(folder))
+    except OSError as e:
+        if e.errno is not None:
+            raise  # a lost checkpoint (FileNotFoundError), or the local disk's
+        raise storage.arrow_failure(e, f"reading the checkpoint s3://{path}",
+                                    "run the same command again once the storage answers (the search resumes)") from None
 
 
 def _trial_dirname(trial) -> str:

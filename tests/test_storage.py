@@ -385,10 +385,11 @@ def test_names_from_a_listing_or_manifest_never_leave_the_target_folder(tmp_path
     assert not (tmp_path / "escaped.pt").exists()
 
 
-def test_a_trial_checkpoint_in_s3_is_read_in_memory_and_a_lost_or_damaged_one_is_named(s3_server, s3_env, tmp_path,
-                                                                                        monkeypatch):
+def test_a_trial_checkpoint_in_s3_is_read_in_memory_and_a_lost_damaged_or_unreachable_one_is_named(
+        s3_server, s3_env, tmp_path, monkeypatch):
     """How a search reads its best trial's checkpoint (and a retried trial its own): one GET into memory, not a copy
-    through a local folder; a damaged object is named, a lost one is FileNotFoundError (the trial is passed over)."""
+    through a local folder; a damaged object is named, a lost one is FileNotFoundError (the trial is passed over), a
+    storage that fails is a JobError (the search stops with it rather than pass over every trial)."""
     import importlib
 
     import pyarrow.fs
@@ -404,7 +405,8 @@ def test_a_trial_checkpoint_in_s3_is_read_in_memory_and_a_lost_or_damaged_one_is
     fs = Location.parse(f"s3://{bucket}/ray").store.pyarrow_fs()
     checkpoint.save(state(3), tmp_path / checkpoint.CHECKPOINT_NAME)
     pyarrow.fs.copy_files(str(tmp_path), f"{bucket}/ray/ckpt", destination_filesystem=fs)
-    monkeypatch.setattr(ray_tune.Checkpoint, "to_directory", lambda *a: pytest.fail("copied to a local folder"))
+    copies, to_directory = [], ray_tune.Checkpoint.to_directory
+    monkeypatch.setattr(ray_tune.Checkpoint, "to_directory", lambda self, *a: copies.append(a) or to_directory(self, *a))
     assert tune._load(ray_tune.Checkpoint(f"{bucket}/ray/ckpt", filesystem=fs))["epoch"] == 3
     client = s3_server.client()
     client.put_object(Bucket=bucket, Key="ray/ckpt/checkpoint.pt", Body=b"junk")
@@ -414,3 +416,12 @@ def test_a_trial_checkpoint_in_s3_is_read_in_memory_and_a_lost_or_damaged_one_is
     with pytest.raises(FileNotFoundError):
         tune._load(ray_tune.Checkpoint(f"{bucket}/ray/ckpt", filesystem=fs))
     assert tune._load(ray_tune.Checkpoint(str(tmp_path)))["epoch"] == 3  # a local one where it is
+    assert copies == []
+    down = Location.parse("s3://bucket/ray", S3Config(endpoint="http://127.0.0.1:1")).store.pyarrow_fs()
+    with pytest.raises(JobError, match=r"S3 failure while reading the checkpoint s3://bucket/ray/ckpt/checkpoint.pt: "
+                                       r".+: run the same command again once the storage answers"):
+        tune._load(ray_tune.Checkpoint("bucket/ray/ckpt", filesystem=down))  # not passed over as a lost one
+    monkeypatch.setattr(tune, "IN_MEMORY_BYTES", 1000)  # one too large to hold twice in memory: through a folder
+    pyarrow.fs.copy_files(str(tmp_path), f"{bucket}/ray/ckpt", destination_filesystem=fs)
+    assert tune._load(ray_tune.Checkpoint(f"{bucket}/ray/ckpt", filesystem=fs))["epoch"] == 3
+    assert len(copies) == 1
