@@ -40,13 +40,11 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
     boto3 download_file and torch.load of the file. The reference is one boto3 upload_file/download_file of the
     largest file (model.pt, or checkpoint.pt) alone.
     """
-    import importlib
-
     import pyarrow.fs
     import torch
     from ray.train import Checkpoint
 
-    job_tune = importlib.import_module("job.tune")  # the module (job.tune is also the API's function)
+    from job.tune import _load
 
     client, bucket = server.client(), server.bucket()
     where = Location.parse(f"s3://{bucket}/job/run")
@@ -77,7 +75,7 @@ def measure(server, run_folder: Path) -> dict[str, tuple[float, float]]:
             size, lambda i: pyarrow.fs.copy_files(str(folder), target, destination_filesystem=fs, chunk_size=RAY_CHUNK),
             lambda i: client.upload_file(str(ckpt), bucket, "ref/checkpoint.pt"))
         results["checkpoint download, then torch.load (both)"] = _mb_per_s(
-            size, lambda i: job_tune._load(Checkpoint(target, filesystem=fs)),
+            size, lambda i: _load(Checkpoint(target, filesystem=fs)),
             lambda i: torch.load(_downloaded(client, bucket, "ref/checkpoint.pt", scratch / f"ref{i}.pt"),
                                  map_location="cpu", weights_only=True))
     finally:

@@ -534,9 +534,10 @@ IN_MEMORY_BYTES = 256 << 20  # a larger checkpoint from S3 goes through a local 
 
 
 def _load(saved: tune.Checkpoint) -> dict:
-    """A trial checkpoint's training state, read where it is. From S3 its bytes are read into memory, one GET:
-    Ray's as_directory would write them to a local folder for torch to read back, and writing is the slow half
-    (27 MB: 55 ms read against 90-110 ms through a folder on this machine's disk; bench/storage.py)."""
+    """A trial checkpoint's training state, read where it is. From S3 its bytes are read into memory (a HEAD for
+    the size, then one GET): Ray's as_directory would write them to a local folder for torch to read back, and
+    writing is the slow half (27 MB: 55 ms read against 90-110 ms through a folder on this machine's disk;
+    bench/storage.py)."""
     if isinstance(saved.filesystem, pyarrow.fs.LocalFileSystem):
         return checkpoint.load(Path(saved.path))
     path = f"{saved.path}/{checkpoint.CHECKPOINT_NAME}"
