@@ -299,6 +299,9 @@ def _environment():
 def _start_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    allocator = cpus.threaded_training_environment()  # every worker of this search: its trials train in a thread
+    if allocator:
+        common["runtime_env"] = {"env_vars": allocator}
     if address:
         try:
             ray.init(address=address, **common)

@@ -41,6 +41,18 @@ def test_the_best_trial_is_the_best_epoch_anywhere_ties_to_lower_loss_and_a_lost
         best_readable([c], state_of, "exp")
 
 
+def test_a_storage_failure_while_the_best_checkpoint_is_read_stops_the_search_instead_of_passing_trials_over(capsys):
+    # passing every trial over would end in "run again with --restart", advice that throws a finished search away
+    t = Trial.of("trial_001_a", {}, history(0.9), ACC, 1, "", set())
+
+    def unreachable(_):
+        raise JobError("S3 failure while reading the checkpoint s3://b/ck: run the same command again")
+
+    with pytest.raises(JobError, match="S3 failure while reading the checkpoint"):
+        best_readable([t], unreachable, "exp")
+    assert "passed over" not in capsys.readouterr().err
+
+
 def test_a_trial_retried_from_a_checkpoint_has_one_row_per_epoch_and_the_best_its_checkpoints_history():
     """After a lost node, Ray's record of a trial may repeat epochs (reported again after the retry) or lack some
     (its result log restored from storage): the trial counts each epoch once, and the exported best trial takes
