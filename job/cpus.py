@@ -55,8 +55,9 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 KEEP = 1 << 30  # freed memory glibc keeps before it returns any to the kernel
 
 
-def _user_chose_malloc() -> bool:
-    return any(k.startswith("MALLOC_") for k in os.environ)
+def _malloc_is_ours() -> bool:
+    """glibc's malloc (Linux), and no MALLOC_* variable of the user's (theirs win)."""
+    return sys.platform.startswith("linux") and not any(k.startswith("MALLOC_") for k in os.environ)
 
 
 def keep_freed_memory() -> None:
@@ -65,8 +66,9 @@ def keep_freed_memory() -> None:
     on its first touch: at 224 px every activation of a batch is such a block. Measured on 2 cores, EfficientNet-
     Lite0 at 224 px: eval 21.5 -> 47.9 img/s (batch 64; the page faults took as much CPU time as the model),
     training 9.4 -> 14.3 img/s (batch 32; peak memory 3.5 -> 4.0 GB), and 62 -> 76 img/s training at 64 px.
-    glibc only (elsewhere nothing changes); a user's own MALLOC_* variables win."""
-    if not sys.platform.startswith("linux") or _user_chose_malloc():
+    glibc only (elsewhere nothing changes); a user's own MALLOC_* variables win (in a search's workers they are
+    job's own, `threaded_training_environment`, which set the same at the process's start)."""
+    if not _malloc_is_ours():
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -84,8 +86,9 @@ def threaded_training_environment() -> dict[str, str]:
     every batch's memory was faulted in again. Measured on 2 cores, EfficientNet-Lite0 training at 224 px (batch 32)
     in a second thread: 2.8 s a batch and 300,000 page faults, with one arena 2.05 s and 30,000, as in the main
     thread (2.14 s); in a 3-epoch `job tune` trial at 96 px the page faults fell from 570,000-1,760,000 to 350,000
-    and its system time from 3-6 s to 2 s. Empty when the user set any MALLOC_* variable (theirs win) or not on Linux."""
-    if not sys.platform.startswith("linux") or _user_chose_malloc():
+    and its system time from 3-6 s to 2 s. Empty when the user set any MALLOC_* variable (theirs win) or not on
+    Linux."""
+    if not _malloc_is_ours():
         return {}
     return {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(KEEP)}
 
