@@ -97,11 +97,12 @@ def tune(config: TrainConfig | Mapping | None = None, search: SearchConfig | Map
 def load(path: str | Path, device: str = "auto", s3: S3Config | Mapping | None = None):
     """The model of a bundle (a run folder, its best/ folder, or s3://...), verified against its manifest: a
     `job.Model` with `.predict(images)` and `.evaluate(folder)`."""
-    from job import inference, run
+    from job import inference
+    from job.files import cache_dir
     from job.storage import Location
 
     with _as_found():
-        return inference.load(Location.parse(path, _settings(S3Config, s3, "s3")), run.cache_dir(), device)
+        return inference.load(Location.parse(path, _settings(S3Config, s3, "s3")), cache_dir(), device)
 
 
 def export(path: str | Path, format: str = "onnx", output: str | Path | None = None, *, data: str = "fashion-mnist",
@@ -111,14 +112,15 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
     or the built-in data set) against the bundle's own model. Returns config.json (with `output` added)."""
     import tempfile
 
-    from job import inference, portable as exporting, run
+    from job import inference, portable as exporting
+    from job.files import cache_dir
     from job.storage import RUN_FILE, Location
 
     if format not in exporting.FORMATS:
         raise BadInput(f"format {format!r} is not known: choose one of {', '.join(exporting.FORMATS)}")
     with _as_found():
         s3 = _settings(S3Config, s3, "s3")
-        cache = run.cache_dir()
+        cache = cache_dir()
         out = Location.parse(output or default_output(f"export-{format}"), s3)
         out.check_writable("output folder" if not out.remote else "output")
         held = next((name for name in (exporting.CONFIG, RUN_FILE) if out.exists(name)), None)

@@ -312,15 +312,15 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from job import cpus, report, run
-    from job.files import write_json
+    from job import cpus, report
+    from job.files import cache_dir, write_json
     from job.storage import Location
 
     cpus.for_compute()
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
     model = _load(args)
-    data = str(Location.parse(args.data, resolve_config(args, config.S3Config)).pull(run.cache_dir(), folder=True))
+    data = str(Location.parse(args.data, resolve_config(args, config.S3Config)).pull(cache_dir(), folder=True))
     ev = model.evaluate(data, args.batch_size, args.skip_bad_images)
     output = Path(args.output) if args.output else api.default_output("evaluate")
     output.mkdir(parents=True, exist_ok=True)

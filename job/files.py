@@ -1,4 +1,4 @@
-"""Files on the local disk: checksums, and the one way job writes a file that others read (atomically)."""
+"""Files on the local disk: where job caches data, checksums, and the one way job writes a file that others read (atomically)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ from typing import Any
 # hashed once when written or downloaded, not again when the manifest is written, uploaded or checked (a 14 MB model:
 # ~11 ms a pass here). Any change to the file changes its ctime, which no user can set: a changed file is hashed anew.
 _DIGESTS: dict[tuple, str] = {}
+
+
+def cache_dir() -> Path:
+    """Decoded data sets and materialised built-ins: $JOB_CACHE, else $XDG_CACHE_HOME/job, else ~/.cache/job."""
+    if os.environ.get("JOB_CACHE"):
+        return Path(os.environ["JOB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "job"
 
 
 def _identity(path: Path) -> tuple:

@@ -46,7 +46,7 @@ class Model:
     def evaluate(self, folder: str | Path, batch_size: int = 64, skip_bad: bool = False,
                  cache: Path | None = None) -> Evaluation:
         """Metrics, per-class table and confusion matrix on DIR/<class>/* (or DIR/val/<class>/*)."""
-        from job.run import cache_dir
+        from job.files import cache_dir
 
         return evaluate(self, str(folder), cache or cache_dir(), batch_size, skip_bad)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,18 +18,11 @@ import torch
 from job import builtin, bundle, checkpoint, data, model, report, results, tracking
 from job.config import S3Config, TrainConfig
 from job.errors import BadInput
-from job.files import write_json
+from job.files import cache_dir, write_json
 from job.loop import BarFactory, Data, Epoch, Fit, resolve_device
 from job.progress import say
 from job.results import Result, run_record
 from job.storage import RUN_FILE, Location, is_s3
-
-
-def cache_dir() -> Path:
-    """Decoded data sets and materialised built-ins: $JOB_CACHE, else $XDG_CACHE_HOME/job, else ~/.cache/job."""
-    if os.environ.get("JOB_CACHE"):
-        return Path(os.environ["JOB_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "job"
 
 
 def preprocessing(cfg: TrainConfig) -> data.Preprocessing:

@@ -5,6 +5,9 @@ The only module that imports Ray, and only public Ray Tune APIs. The trainable b
 restarts it. The experiment lives under `storage/name`; an unfinished one is resumed through `Tuner.restore`
 (finished trials are kept, running ones continue from their checkpoints, errored ones are retried), which is what
 lets a preempted Kubernetes Job finish its search. The Optuna study (study.py) is the searcher's own state.
+
+Torch and the modules built on it (the loop, the model, bundles) are imported where they are used, not with this
+module: the driver starts Ray while it imports them and prepares the data (a second or three of each on two cores).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 import types
+import typing
 from pathlib import Path
 
 import pyarrow.fs
@@ -32,27 +36,31 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from job import bundle, checkpoint, config, cpus, model, results, run, signals, storage, study, tracking
-from job.config import S3Config, SearchConfig, TrainConfig
+from job import config, cpus, signals, storage, study, tracking
+from job.config import EPOCH_METRICS, S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError, redact
 from job.experiment import Experiment, Lock, study_source
-from job.loop import Diverged
-from job.metrics import EPOCH_METRICS
+from job.files import cache_dir
 from job.progress import Counts, SearchView, say
-from job.results import Result, Trial
 from job.storage import Location
 from job.space import Dimension
 from job.study import Objective, Space, Study
+
+if typing.TYPE_CHECKING:
+    from job.results import Result, Trial
 
 DIVERGED = "diverged.txt"  # in a trial's folder: why it diverged, so that Ray's retry ends at once
 # Ray Tune reads these when the search runs: its console tables off (Progress replaces them), state snapshots every
 # second (a killed driver loses at most ~1 s of trial statuses), no reserved workers for trials not yet sampled,
 # our own Ctrl-C handling, workers at normal priority (at nice 15 a trial's torch threads wait for each other and an
-# epoch ran ~10% slower than under `job train`, bench/), no usage stats (no network, no prompt).
+# epoch ran ~10% slower than under `job train`, bench/), no usage stats (no network, no prompt), and no idle
+# workers started with the driver: they have no runtime_env, and Ray gives a trial (whose runtime_env Ray Tune sets)
+# a new process of its own anyway, so they only took CPU while the search started (two of them 1.3 CPU-s here) and
+# 83 MB each per CPU for the whole search.
 RAY_ENVIRONMENT = {
     "RAY_AIR_NEW_OUTPUT": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_MAX_PENDING_TRIALS_PG": "1",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
-    "RAY_DEDUP_LOGS": "0", "RAY_worker_niceness": "0", "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0", "RAY_worker_niceness": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_prestart_worker_first_driver": "0",
     "RAY_IGNORE_UNHANDLED_ERRORS": "1",  # a lost node's actor errors are trial retries (a progress line), not tracebacks
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
 }
@@ -67,6 +75,9 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
     JOB_CACHE)."""
     import torch
 
+    from job import checkpoint, run
+    from job.loop import Diverged
+
     diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED
     if diverged.is_file():  # Ray retries a failed trial from its checkpoint, which would diverge the same way again
         raise Diverged(diverged.read_text())
@@ -78,7 +89,7 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
                        f"torch {torch.__version__}): check that node's NVIDIA driver and container runtime, "
                        "or pass --device cpu")
     cfg = TrainConfig.from_dict(base | sampled)
-    s = run.setup(cfg, run.cache_dir(), s3=S3Config.from_dict(s3), objective=tuple(objective))
+    s = run.setup(cfg, cache_dir(), s3=S3Config.from_dict(s3), objective=tuple(objective))
     restored = tune.get_checkpoint()
     if restored:
         state = _load(restored)
@@ -313,26 +324,34 @@ def _start_ray() -> None:
         ray.init(address="local", num_cpus=cpus.available(), **common)  # a container's CPU limit, not the host's
 
 
-def _prepare_here(cfg: TrainConfig, cache: Path, s3: S3Config | None, note) -> tuple[str, int]:
-    """Ray starts (seconds) while the driver checks the data set and the model and decodes the data once for every
-    trial on this machine: bad data fails before any trial. On the CPU: the driver needs no GPU. Returns the data's
-    fingerprint and its number of classes."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+def _prepare_here(cfg: TrainConfig, dims: list[Dimension], cache: Path, s3: S3Config | None, note) -> tuple[str, int]:
+    """Ray starts (seconds) while the driver imports torch, checks every model the space can pick and the data set,
+    and decodes the data once for every trial on this machine: bad input fails before any trial. On the CPU: the
+    driver needs no GPU. Returns the data's fingerprint and its number of classes."""
+    def prepare() -> tuple[str, int]:
+        from job import run
+
+        _check_models(dims, cfg)
         note("preparing the data set (decoded once, shared by every trial on this machine)")
-        prepared = pool.submit(run.setup, dataclasses.replace(cfg, device="cpu"), cache, s3=s3)
+        s = run.setup(dataclasses.replace(cfg, device="cpu"), cache, s3=s3)
+        return s.fingerprint, len(s.folder.classes)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        prepared = pool.submit(prepare)
         try:
             _start_ray()
         finally:
             error = prepared.exception()  # waits for the preparation either way
     if error is not None:
         raise error
-    return prepared.result().fingerprint, len(prepared.result().folder.classes)
+    return prepared.result()
 
 
-def _prepare_remotely(cfg: TrainConfig, s3: S3Config | None, note) -> tuple[str, int]:
+def _prepare_remotely(cfg: TrainConfig, dims: list[Dimension], s3: S3Config | None, note) -> tuple[str, int]:
     """On a cluster the driver may run where no trial does (KubeRay's head has no CPUs for trials): it neither
     syncs nor decodes the data. One task on a node with CPUs checks and decodes it there, where trials would decode
     it anyway, so bad data still fails before any trial. Returns the data's fingerprint and number of classes."""
+    _check_models(dims, cfg)  # here: the trials' nodes run the image this driver runs
     _start_ray()
     note("preparing the data set on a worker node (decoded once there, shared by the trials on it)")
     task = ray.remote(num_cpus=1, max_retries=1)(_fingerprint)
@@ -343,8 +362,10 @@ def _prepare_remotely(cfg: TrainConfig, s3: S3Config | None, note) -> tuple[str,
 
 
 def _fingerprint(cfg: TrainConfig, s3: S3Config | None) -> tuple[str, int]:
+    from job import run
+
     try:
-        s = run.setup(cfg, run.cache_dir(), s3=s3)  # in the cache of the node it runs on
+        s = run.setup(cfg, cache_dir(), s3=s3)  # in the cache of the node it runs on
         return s.fingerprint, len(s.folder.classes)
     except JobError as e:  # the node is part of the answer: its environment (credentials, cache) is its own
         raise type(e)(f"{e} (on Ray node {ray.util.get_node_ip_address()}, in its environment)") from None
@@ -383,9 +404,9 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     started = time.perf_counter()
     note = say if progress else (lambda line: None)
     cfg = dataclasses.replace(cfg, data=_absolute(cfg.data), weights=_absolute(cfg.weights))  # workers run elsewhere
-    # every check that can fail does so before Ray starts
+    # every check that can fail does so before Ray starts, but those of the models (torch's import, seconds) and of
+    # the data, which run while Ray starts: all before any trial
     dims = config.check_search(cfg, search_cfg)
-    _check_models(dims, cfg)
     space, (metric, mode) = Space.of(dims), config.objective(search_cfg)
     objective = Objective(metric, mode, cfg.epochs)
     first = study.first_trial(space, cfg.to_dict()) if search_cfg.enqueue_default else None
@@ -394,7 +415,7 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     out.claim(overwrite or restart, owner=str(experiment), data=cfg.data)
     if os.environ.get("RAY_ADDRESS"):
         _probe(os.environ["RAY_ADDRESS"])
-    cache = run.cache_dir()
+    cache = cache_dir()
     warm = study.warm_trials(study_source(search_cfg.warm_start, s3, cache), search_cfg.warm_start, space, objective) \
         if search_cfg.warm_start else []
     if warm:
@@ -407,8 +428,8 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
             if uri:
                 LIVE.mlflow = tracking.SearchRuns(uri, cfg.to_dict(), search_cfg.to_dict(), str(experiment), say)
             try:
-                fingerprint, classes = _prepare_remotely(cfg, s3, note) if os.environ.get("RAY_ADDRESS") else \
-                    _prepare_here(cfg, cache, s3, note)
+                fingerprint, classes = _prepare_remotely(cfg, dims, s3, note) if os.environ.get("RAY_ADDRESS") \
+                    else _prepare_here(cfg, dims, cache, s3, note)
                 if search_cfg.metric == "val_top5" and classes < 5:
                     raise BadInput(f"metric val_top5 needs 5 or more classes and the data has {classes}: choose "
                                    "another metric (val_acc, val_f1_macro, val_loss)")
@@ -424,6 +445,9 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
             finally:
                 # in this thread: stopping Ray in another one while this one drops Ray objects crashed its core worker
                 ray.shutdown()
+        from job import bundle, results  # imported by now: the preparation built on them
+        from job.results import Result
+
         staged = out.stage(cache)
         if overwrite or restart or out.remote:
             results.clear(staged)  # an earlier run's files never mix with this one's
@@ -444,6 +468,8 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
 
 def _check_models(dims: list[Dimension], cfg: TrainConfig) -> None:
     """Every model and weights the space can pick is known and its weights are here: a trial never fails on one."""
+    from job import model
+
     def values(name: str) -> tuple:
         return next((d.values for d in dims if d.name == name), (getattr(cfg, name),))
 
@@ -457,6 +483,8 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, objective: Ob
          resume: bool, progress: bool, note, s3: S3Config | None, cache: Path, fingerprint: str,
          warm: list, first: dict | None):
     """The Tuner, new or restored, run to its end: (trials, best trial, its checkpoint state, resumed)."""
+    from job import results
+
     resources, concurrent = _resources(search_cfg, cfg)
     storage_path, fs = experiment.storage.for_ray()
     path = f"{storage_path}/{search_cfg.name}"
@@ -541,6 +569,8 @@ def _load(saved: tune.Checkpoint) -> dict:
     the size, then one GET): Ray's as_directory would write them to a local folder for torch to read back, and
     writing is the slow half (27 MB: 55 ms read against 90-110 ms through a folder on this machine's disk;
     bench/storage.py)."""
+    from job import checkpoint
+
     if isinstance(saved.filesystem, pyarrow.fs.LocalFileSystem):
         return checkpoint.load(Path(saved.path))
     path = f"{saved.path}/{checkpoint.CHECKPOINT_NAME}"
@@ -564,6 +594,8 @@ def _trial_dirname(trial) -> str:
 
 
 def _trial(result, max_epochs: int, cut_by_budget: set[str], names: tuple[str, ...], objective: tuple[str, str]) -> Trial:
+    from job.results import Trial
+
     df = result.metrics_dataframe
     columns = [c for c in ("epoch", *EPOCH_METRICS) if df is not None and c in df]
     history = df[columns].to_dict("records") if df is not None and objective[0] in df else []

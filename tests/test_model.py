@@ -53,7 +53,7 @@ def test_unknown_names_suggest_close_ones():
 
 
 def test_job_s_own_models_are_checked_without_torchvision_s_model_zoo():
-    # job tune checks every model of its space before Ray starts, in series: importing torchvision's models for the
+    # job tune checks every model of its space before any trial, in series: importing torchvision's models for the
     # default model's name alone took 2.5-3 s of that here (it imports torch._dynamo)
     code = ("import sys; from job import model; model.check_weights('efficientnet_lite0', 'DEFAULT'); "
             "model.check_weights('tiny_cnn', 'none'); print('torchvision.models' in sys.modules)")

@@ -175,10 +175,17 @@ def test_bad_search_settings_fail_before_any_trial(data, tmp_path, flags, fragme
     (["--space", "model=choice:tiny_cnn,resnet5", "--weights", "none"], "unknown model 'resnet5'"),
     (["--space", "model=choice:tiny_cnn,resnet18"], "weights ResNet18_Weights.IMAGENET1K_V1 are not in the torch cache"),
 ])
-def test_every_model_a_space_can_pick_is_checked_before_ray_starts(data, tmp_path, flags, fragment):
+def test_every_model_a_space_can_pick_is_checked_before_the_data_and_any_trial(data, tmp_path, flags, fragment):
     r = run_job("tune", "--data", data, "--image-size", "32", "--output", tmp_path / "o", "--storage", tmp_path / "r", *flags)
     assert_error(r, EXIT_BAD_INPUT, fragment)
     assert "preparing the data set" not in r.stderr
+
+
+def test_the_search_module_leaves_torch_to_the_preparation_that_runs_while_ray_starts():
+    # torch's import (2-3 s on two cores) overlaps Ray's start only if importing job.tune does not import it first
+    code = "import sys, job.tune; print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
 
 
 def test_unreachable_ray_address_fails_fast(data, tmp_path):
