@@ -281,7 +281,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         _print_config(search, config.SearchConfig.SECTION)
         _print_config(s3, config.S3Config.SECTION)
         return 0
-    from job import progress, report
+    from job import progress
 
     output = args.output or str(Path("runs") / search.name)
     try:
@@ -295,6 +295,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     print("\n".join(progress.search_summary(result)))
     if not args.quiet:
+        from job import report  # after the search: it imports torch, which the search imports while Ray starts
+
         rows = [t.row() for t in result.trials]
         columns = ["number", "trial_id", *result.best_trial.params, "epochs", result.best_trial.metric, "status"]
         print(report.table([[r[c] if r[c] is not None else "-" for c in columns] for r in rows],

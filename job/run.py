@@ -60,12 +60,22 @@ def data_root(cfg: TrainConfig, cache: Path, s3: S3Config | None) -> Path:
     return Location.parse(cfg.data, s3).pull(cache, folder=True)
 
 
-def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None, s3: S3Config | None = None,
-          objective: tuple[str, str] = ("val_acc", "max")) -> Setup:
-    """Everything a run needs before its first epoch; all bad input is found here, before any training. `objective`
-    (metric, mode) picks the best epoch."""
-    model.check_name(cfg.model)
-    device = resolve_device(cfg.device)
+@dataclasses.dataclass
+class RunData:
+    """A run's data, checked and decoded into the cache: what a search's driver needs (no model)."""
+    folder: data.Folder
+    prep: data.Preprocessing
+    train: data.Prepared
+    val: data.Prepared
+    skipped: int
+
+    @property
+    def fingerprint(self) -> str:
+        return json.dumps({"train": self.train.fingerprint, "val": self.val.fingerprint})
+
+
+def prepare_data(cfg: TrainConfig, cache: Path, s3: S3Config | None = None) -> RunData:
+    """The data of a run, scanned, checked and decoded once into `cache`; all bad data is found here."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -79,16 +89,25 @@ def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None, s3: S3Co
         if len(present) < len(folder.classes):
             lost = sorted(set(folder.classes) - {folder.classes[i] for i in present})
             raise BadInput(f"after skipping unreadable images, {name} has no image of class {', '.join(lost)}: add readable images")
+    return RunData(folder, prep, train, val, skipped)
+
+
+def setup(cfg: TrainConfig, cache: Path, bar: BarFactory | None = None, s3: S3Config | None = None,
+          objective: tuple[str, str] = ("val_acc", "max")) -> Setup:
+    """Everything a run needs before its first epoch; all bad input is found here, before any training. `objective`
+    (metric, mode) picks the best epoch."""
+    model.check_name(cfg.model)
+    device = resolve_device(cfg.device)
+    d = prepare_data(cfg, cache, s3)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     weights = str(Location.parse(cfg.weights, s3).pull(cache)) if is_s3(cfg.weights) else cfg.weights
-    net = model.create(cfg.model, weights, len(folder.classes), cfg.freeze_backbone)
+    net = model.create(cfg.model, weights, len(d.folder.classes), cfg.freeze_backbone)
     pin = device.type == "cuda"
     train_batches, val_batches = (
-        data.Batches(p, prep, cfg.batch_size, train=t, augment=cfg.augment, seed=cfg.seed, pin_memory=pin)
-        for p, t in ((train, True), (val, False)))
-    fingerprint = json.dumps({"train": train.fingerprint, "val": val.fingerprint})
-    fit = Fit(cfg, net, Data(train_batches, val_batches, prep, len(folder.classes)), device, bar, objective)
-    return Setup(fit, folder, prep, fingerprint, skipped)
+        data.Batches(p, d.prep, cfg.batch_size, train=t, augment=cfg.augment, seed=cfg.seed, pin_memory=pin)
+        for p, t in ((d.train, True), (d.val, False)))
+    fit = Fit(cfg, net, Data(train_batches, val_batches, d.prep, len(d.folder.classes)), device, bar, objective)
+    return Setup(fit, d.folder, d.prep, d.fingerprint, d.skipped)
 
 
 def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, overwrite: bool = False,

@@ -329,12 +329,9 @@ def _prepare_here(cfg: TrainConfig, dims: list[Dimension], cache: Path, s3: S3Co
     and decodes the data once for every trial on this machine: bad input fails before any trial. On the CPU: the
     driver needs no GPU. Returns the data's fingerprint and its number of classes."""
     def prepare() -> tuple[str, int]:
-        from job import run
-
         _check_models(dims, cfg)
         note("preparing the data set (decoded once, shared by every trial on this machine)")
-        s = run.setup(dataclasses.replace(cfg, device="cpu"), cache, s3=s3)
-        return s.fingerprint, len(s.folder.classes)
+        return _prepared(cfg, cache, s3)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         prepared = pool.submit(prepare)
@@ -351,22 +348,30 @@ def _prepare_remotely(cfg: TrainConfig, dims: list[Dimension], s3: S3Config | No
     """On a cluster the driver may run where no trial does (KubeRay's head has no CPUs for trials): it neither
     syncs nor decodes the data. One task on a node with CPUs checks and decodes it there, where trials would decode
     it anyway, so bad data still fails before any trial. Returns the data's fingerprint and number of classes."""
-    _check_models(dims, cfg)  # here: the trials' nodes run the image this driver runs
+    _check_models(dims, cfg)  # before joining: a bad name or a missing weights file costs the cluster nothing
     _start_ray()
     note("preparing the data set on a worker node (decoded once there, shared by the trials on it)")
     task = ray.remote(num_cpus=1, max_retries=1)(_fingerprint)
     try:
-        return ray.get(task.remote(dataclasses.replace(cfg, device="cpu"), s3))
+        return ray.get(task.remote(cfg, s3))
     except ray.exceptions.RayTaskError as e:
         raise e.cause from None  # job's own error (bad data, no credentials on that node), not Ray's wrapping
 
 
-def _fingerprint(cfg: TrainConfig, s3: S3Config | None) -> tuple[str, int]:
-    from job import run
+def _prepared(cfg: TrainConfig, cache: Path, s3: S3Config | None) -> tuple[str, int]:
+    """The data checked and decoded into `cache`, on the CPU: (its fingerprint, its number of classes). A weights
+    file of the user's is checked by building the model with it; job's own and torchvision's weights were checked by
+    _check_models, and no model is built for them (importing timm took 3.7 s of the driver's start here)."""
+    from job import model, run
 
+    cfg = dataclasses.replace(cfg, device="cpu")
+    s = run.setup(cfg, cache, s3=s3) if model.is_path(cfg.weights) else run.prepare_data(cfg, cache, s3)
+    return s.fingerprint, len(s.folder.classes)
+
+
+def _fingerprint(cfg: TrainConfig, s3: S3Config | None) -> tuple[str, int]:
     try:
-        s = run.setup(cfg, cache_dir(), s3=s3)  # in the cache of the node it runs on
-        return s.fingerprint, len(s.folder.classes)
+        return _prepared(cfg, cache_dir(), s3)  # in the cache of the node it runs on
     except JobError as e:  # the node is part of the answer: its environment (credentials, cache) is its own
         raise type(e)(f"{e} (on Ray node {ray.util.get_node_ip_address()}, in its environment)") from None
 
