@@ -24,7 +24,9 @@ class RotatingKeys:
     credentials, each said to expire `lifetime` seconds after it is made and revoked on the server then. Clients
     refresh credentials that expire within minutes at once, so every request should carry the newest key."""
 
-    def __init__(self, server, every: float = 4.0, lifetime: float = 10.0):
+    # Short enough for two keys to be revoked within a search of TINY trials (17.6 s from the command to its end on
+    # the CI machine once the search started Ray at once; 4 s and 10 s were longer than that search).
+    def __init__(self, server, every: float = 2.0, lifetime: float = 5.0):
         self.server, self.every, self.lifetime = server, every, lifetime
         self.keys: list[tuple[str, str, str, float]] = []  # (user, access key, secret, made at)
         self.revoked, self.served = 0, 0
