@@ -5,7 +5,8 @@ Each measure runs in its own Python process (`python -m bench.scale CHILD ...`),
 its start-up counts where it should:
 
 - prepare: job's data.prepare (read, hash, decode, convert, resize, write into the memory-mapped cache) of the
-  training split against a bare PIL loop (open, convert, resize, crop) over the same files with as many threads;
+  training split against a bare PIL loop (open, convert, resize) over the same files, the faster of one thread
+  and as many threads as job may use;
   the cache's size on disk; each process's peak resident memory, also for a 1,000-image set (growth with the data);
 - first batch, cached: from the interpreter's start to the end of the first training batch of a second run;
 - train loop: images/s of job's loop over the first batches of the full set against the same loop on 1,000 images;
@@ -102,6 +103,9 @@ def child_prepare(root: str, size: int, cache: str) -> dict:
 
 
 def child_pil(root: str, size: int) -> dict:
+    """The bare PIL loop over the same files twice: in one thread, then in as many threads as job may use (64
+    images to a task); its img/s is the faster of the two. Threads do not always help: for small images the GIL
+    changing hands costs more than the decoding it frees (at 64 px here, one thread ran twice as fast as two)."""
     import numpy as np
     from PIL import Image
 
@@ -114,16 +118,22 @@ def child_pil(root: str, size: int) -> dict:
     split = _split(Path(root), "train")
     prep = preprocessing(TrainConfig(image_size=size))  # the same pixels and filter as job's cache
     side, resample = prep.resize_size, INTERPOLATIONS[prep.interpolation]
+    files = split.files
 
-    def one(path: Path) -> None:
-        with Image.open(path) as img:
-            np.asarray(img.convert("RGB").resize((side, side), resample))
+    def some(first: int) -> None:
+        for path in files[first:first + 64]:
+            with Image.open(path) as img:
+                np.asarray(img.convert("RGB").resize((side, side), resample))
 
     anon, start = AnonPeak(), time.perf_counter()
+    for first in range(0, len(files), 64):
+        some(first)
+    one_s, start = time.perf_counter() - start, time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(cpus.available()) as pool:
-        list(pool.map(one, split.files))
-    seconds = time.perf_counter() - start
-    return {"images": len(split.files), "img_s": len(split.files) / seconds, "peak_mb": _peak_mb(),
+        list(pool.map(some, range(0, len(files), 64)))
+    threads_s = time.perf_counter() - start
+    return {"images": len(files), "img_s": len(files) / min(one_s, threads_s), "one_thread_img_s": len(files) / one_s,
+            "threads_img_s": len(files) / threads_s, "threads": cpus.available(), "peak_mb": _peak_mb(),
             "anon_peak_mb": anon.stop()}
 
 
@@ -216,7 +226,8 @@ def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, sma
     pil = _child("pil", str(root), str(size))
     small_root = builtin.materialise("fashion-mnist", cache, small, small)
     small_prep = _child("prepare", str(small_root), str(size), str(Path(tempfile.mkdtemp(prefix="prep-", dir=work))))
-    say(f"scale {size} px: prepare {prep['img_s']:.0f} img/s, PIL {pil['img_s']:.0f} img/s")
+    say(f"scale {size} px: prepare {prep['img_s']:.0f} img/s, PIL {pil['one_thread_img_s']:.0f} img/s in one thread, "
+        f"{pil['threads_img_s']:.0f} in {pil['threads']}")
     # the caches the runs below use: the full set and the small one, decoded once here (not timed)
     full, few = (str(size), str(train), str(test), str(cache)), (str(size), str(small), str(small), str(cache))
     _child("first_batch", *full)

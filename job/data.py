@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -34,6 +35,8 @@ from job.progress import say
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CACHE_VERSION = 1  # bump when the decoded pixels would differ for the same files
 DECODE_CHUNK = 4096  # images handed to the decoding threads at a time
+DECODE_BLOCK = 64  # images one thread decodes in a row
+PROBE_IMAGES = 512  # images decoded in one thread, then as many in all, to choose how many to use
 LOW_DISK_BYTES, LOW_DISK_FRACTION = 1 << 30, 0.05  # warn when a decoded data set would leave less free than both
 BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's ways of saying "bad file"
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -78,9 +81,10 @@ class Preprocessing:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """The files of one split, in a fixed order, with their class indices."""
+    """The files of one split, in a fixed order, with their class indices. Paths are kept as strings: 60,000
+    Path objects held 25 MB here, their strings 7 MB."""
 
-    files: tuple[Path, ...]
+    files: tuple[str, ...]
     labels: tuple[int, ...]
 
 
@@ -100,7 +104,7 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images(folder: Path) -> list[Path]:
+def _images(folder: Path) -> list[str]:
     """The image files below `folder` (hidden files and folders left out; symlinked folders not followed, as
     Path.rglob), in Path order. os.scandir answers "is it a file" from the directory entry, without a stat per file:
     measured on the 60,000 + 10,000 images of Fashion-MNIST (2 cores), a cached run's scan took 9.5 s with
@@ -115,10 +119,10 @@ def _images(folder: Path) -> list[Path]:
                     todo.append(e.path)
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
                     found.append(e.path)
-    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]  # the order of Path's own comparison
+    return sorted(found, key=lambda p: p.split(os.sep))  # the order of Path's own comparison
 
 
-def scan_classes(root: Path) -> dict[str, list[Path]]:
+def scan_classes(root: Path) -> dict[str, list[str]]:
     classes = {d.name: _images(d) for d in _class_dirs(root)}
     if not classes:
         raise BadInput(f"no class folders in '{root}': put images in {root}/<class>/ (or {root}/train/<class>/ and {root}/val/<class>/)")
@@ -163,7 +167,7 @@ def scan(root: Path, val_fraction: float, seed: int) -> Folder:
     return Folder(root, classes, _split(train_part, classes), _split(val_part, classes))
 
 
-def _split(per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> Split:
+def _split(per_class: dict[str, list[str]], classes: tuple[str, ...]) -> Split:
     files, labels = [], []
     for index, name in enumerate(classes):
         files += per_class[name]
@@ -206,10 +210,7 @@ class Prepared:
 
 def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers: int) -> Prepared:
     """Decode a split once into the on-disk cache (keyed by names, sizes, mtimes and preprocessing) and map it."""
-    relative = _relative_to(root)
-    stats = [(relative(f), *_stat(f)) for f in split.files]
-    key_src = json.dumps([CACHE_VERSION, prep.resize_size, prep.interpolation, str(root.resolve()), stats, split.labels])
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    key = _cache_key(split, root, prep)
     folder = cache / "prepared"
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     if not meta_path.is_file():
@@ -222,20 +223,27 @@ def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers:
     return Prepared(images, np.array(split.labels, dtype=np.int64), ok, bad, meta["fingerprint"])
 
 
-def _relative_to(root: Path) -> Callable[[Path], str]:
-    """A function f -> str(f.relative_to(root)) that slices the string where it can (Path.relative_to: ~34 us a file
-    here, 2 s for 60,000 files)."""
+def _cache_key(split: Split, root: Path, prep: Preprocessing) -> str:
+    """The cache's name for a split: a hash of the preprocessing, the folder, and every file's name, size and mtime.
+    The JSON text is hashed as it is made, a file at a time (the same bytes as one json.dumps of the whole list, so
+    caches made before keep their names): the list and its text took 23 MB at once for 60,000 files."""
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, prep.resize_size, prep.interpolation, str(root.resolve())])[:-1].encode())
+    relative = _relative_to(root)
+    for i, f in enumerate(split.files):
+        s = os.stat(f)
+        h.update(f"{', [' if i == 0 else ', '}{json.dumps([relative(f), s.st_size, s.st_mtime_ns])}".encode())
+    h.update(f"{', [' if not split.files else ''}], {json.dumps(list(split.labels))}]".encode())
+    return h.hexdigest()[:24]
+
+
+def _relative_to(root: Path) -> Callable[[str], str]:
+    """A function f -> str(Path(f).relative_to(root)) that slices the string where it can (Path.relative_to: ~34 us
+    a file here, 2 s for 60,000 files)."""
     prefix = os.fspath(root) + os.sep
 
-    def relative(f: Path) -> str:
-        path = os.fspath(f)
-        return path[len(prefix):] if path.startswith(prefix) else str(f.relative_to(root))
+    def relative(f: str) -> str:
+        return f[len(prefix):] if f.startswith(prefix) else str(Path(f).relative_to(root))
     return relative
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    s = path.stat()
-    return s.st_size, s.st_mtime_ns
 
 
 def _mib(n: int) -> str:
@@ -285,13 +293,14 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
         del header  # the .npy header is written; the rows go in with pwrite
         _reserve(tmp_name, os.path.getsize(tmp_name), folder)
         ok = np.zeros(n, dtype=bool)
-        digests = [""] * n
+        digests = np.zeros((n, 32), dtype=np.uint8)  # 32 bytes an image: as hex strings, 60,000 took 15 MB
         fd = os.open(tmp_name, os.O_WRONLY)
 
         def one(i: int) -> None:
             try:
-                data = split.files[i].read_bytes()
-                digests[i] = hashlib.sha256(data).hexdigest()
+                with open(split.files[i], "rb") as f:
+                    data = f.read()
+                digests[i] = np.frombuffer(hashlib.sha256(data).digest(), dtype=np.uint8)
                 pixels = load_image(data, size, prep.interpolation)
             except BAD_IMAGE:  # a file that cannot be read (gone, no permission) is a bad image too
                 return
@@ -300,16 +309,33 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
                 raise OSError(errno.EIO, "short write", tmp_name)
             ok[i] = True
 
-        # PIL releases the GIL while decoding and resizing, so threads scale without pickling images around; a
-        # chunk at a time, so the futures of a large data set are never all in memory at once. Each written chunk
-        # goes to disk in the background while the next decodes (fsync at the end alone took 2.5 s of 30 for
-        # 60,000 images at 64 px here): the array is on disk before its metadata says it is complete.
+        def decode(first: int, last: int, threads: int) -> float:
+            """Decode images first..last-1, DECODE_BLOCK at a time to a thread; their number a second."""
+            began = time.perf_counter()
+            blocks = [range(i, min(last, i + DECODE_BLOCK)) for i in range(first, last, DECODE_BLOCK)]
+            for _ in (map if threads == 1 else pool.map)(lambda b: [one(i) for i in b], blocks):
+                pass
+            return (last - first) / max(time.perf_counter() - began, 1e-9)
+
+        # PIL releases the GIL while it decodes and resizes, so threads can scale without pickling images around,
+        # but for small images the GIL changing hands costs more than it frees: 60,000 Fashion-MNIST images at 64
+        # px decoded at ~5,000 img/s in one thread and ~2,500 in two here (at 224 px, 1,100 and 1,400-1,700). So
+        # the first PROBE_IMAGES are decoded in one thread, the next as many in all, and the rest the faster way.
+        # A chunk at a time, so the work of a large data set is never all queued at once. Each written chunk goes
+        # to disk in the background while the next decodes (fsync at the end alone took 2.5 s of 30 for 60,000
+        # images at 64 px here): the array is on disk before its metadata says it is complete.
         try:
             with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
                     concurrent.futures.ThreadPoolExecutor(max_workers=1) as syncer:
+                done, threads = 0, workers
+                if workers > 1 and n >= 4 * PROBE_IMAGES:
+                    decode(0, DECODE_BLOCK, 1)  # not timed: the first images in a process warm PIL up
+                    alone = decode(DECODE_BLOCK, DECODE_BLOCK + PROBE_IMAGES, 1)
+                    done = DECODE_BLOCK + 2 * PROBE_IMAGES
+                    threads = 1 if alone > decode(DECODE_BLOCK + PROBE_IMAGES, done, workers) else workers
                 synced = None
-                for first in range(0, n, DECODE_CHUNK):
-                    list(pool.map(one, range(first, min(n, first + DECODE_CHUNK))))
+                for first in range(done, n, DECODE_CHUNK):
+                    decode(first, min(n, first + DECODE_CHUNK), threads)
                     if synced is None or synced.done():
                         synced = syncer.submit(os.fdatasync, fd)
                 if synced is not None:
@@ -321,14 +347,22 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
             raise
         finally:
             os.close(fd)
-        fingerprint = hashlib.sha256(
-            json.dumps([[d, label] for d, label, good in zip(digests, split.labels, ok) if good]).encode()
-        ).hexdigest()
+        fingerprint = _fingerprint(digests, split.labels, ok)
         os.replace(tmp_name, array_path)
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     write_json(meta_path, {"ok": ok.tolist(), "fingerprint": fingerprint})  # last: the array is complete once it exists
+
+
+def _fingerprint(digests: np.ndarray, labels: Sequence[int], ok: np.ndarray) -> str:
+    """SHA-256 over [[sha256 hex, label], ...] of the good files, as JSON text hashed as it is made (the same bytes as
+    one json.dumps of the list, so a fingerprint stays what it was)."""
+    h = hashlib.sha256(b"[")
+    for n, i in enumerate(np.flatnonzero(ok)):
+        h.update(f'{", " if n else ""}["{digests[i].tobytes().hex()}", {int(labels[i])}]'.encode())
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def check_bad(bad: Sequence[str], skip: bool) -> int:

@@ -31,7 +31,7 @@ def test_any_mode_and_suffix_is_read_and_junk_is_ignored(tmp_path, cache):
     (tmp_path / ".git").mkdir()
     folder = data.scan(tmp_path, val_fraction=0.34, seed=0)
     assert folder.classes == ("cat", "dog")
-    names = sorted(p.name for p in folder.train.files + folder.val.files)
+    names = sorted(os.path.basename(p) for p in folder.train.files + folder.val.files)
     assert names == sorted(["a.JPG", "b.jpeg", "c.png", "d.bmp", "e.webp", "f.png"] * 2)
     prepared = data.prepare(folder.train, folder.root, PREP, cache, workers=2)
     assert prepared.images.shape == (len(folder.train.files), 36, 36, 3) and prepared.ok.all()
@@ -96,6 +96,53 @@ def test_decoded_once_then_cached(images, cache, monkeypatch):
     assert np.array_equal(first.images, again.images) and first.fingerprint == again.fingerprint
 
 
+def test_a_cache_keeps_its_name_and_fingerprint_across_versions(tmp_path, cache):
+    """The cache's name and the data's fingerprint are hashed a file at a time; they must stay the hashes of the JSON
+    they always were (caches made by earlier versions keep serving, a search's fingerprint check keeps matching)."""
+    import hashlib
+    import json
+
+    root = make_folder(tmp_path / "d", classes=2, per_class=4)
+    (root / "class_0" / "é ü.png").write_bytes((root / "class_0" / "img_000.png").read_bytes())
+    (root / "class_1" / "bad.png").write_bytes(b"not an image")
+    folder = data.scan(root, 0.2, 0)
+    split = data.Split(folder.train.files + folder.val.files, folder.train.labels + folder.val.labels)
+    prepared = data.prepare(split, root, PREP, cache, workers=2)
+    stats = [(os.path.relpath(f, root), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in split.files]
+    key = json.dumps([data.CACHE_VERSION, PREP.resize_size, PREP.interpolation, str(root.resolve()), stats, split.labels])
+    assert (cache / "prepared" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy").is_file()
+    good = [[hashlib.sha256(open(f, "rb").read()).hexdigest(), label]
+            for f, label in zip(split.files, split.labels) if not f.endswith("bad.png")]
+    assert prepared.fingerprint == hashlib.sha256(json.dumps(good).encode()).hexdigest()
+    assert data._cache_key(data.Split((), ()), root, PREP) == hashlib.sha256(
+        json.dumps([data.CACHE_VERSION, PREP.resize_size, PREP.interpolation, str(root.resolve()), [], []]).encode()
+    ).hexdigest()[:24]
+
+
+@pytest.mark.parametrize("threads_win", [True, False])
+def test_threads_or_not_every_image_lands_in_its_row(tmp_path, monkeypatch, threads_win):
+    """A large data set is decoded in one thread, then in all, and the rest the faster way (small images decode
+    faster in one): whichever wins, every row holds its own image, and bad files are marked in the probe too."""
+    root = make_folder(tmp_path / "d", classes=2, per_class=30)
+    for i in (3, 10):  # decoded while one thread is timed, and while all are
+        (root / "class_0" / f"img_{i:03d}.png").write_bytes(b"not an image")
+    split = data._split(data.scan_classes(root), ("class_0", "class_1"))
+    plain = data.prepare(split, root, PREP, tmp_path / "plain", workers=1)  # one thread, never timed
+    monkeypatch.setattr(data, "PROBE_IMAGES", 6)
+    monkeypatch.setattr(data, "DECODE_BLOCK", 2)
+    # the clock as the decoding reads it: warm-up, one thread, all threads, then the rest (never read again)
+    clock = iter([0, 0, 0, 10 if threads_win else 1, 0, 1 if threads_win else 10] + [0] * 100)
+    monkeypatch.setattr(data, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    used = []
+    real_pool = data.concurrent.futures.ThreadPoolExecutor.map
+    monkeypatch.setattr(data.concurrent.futures.ThreadPoolExecutor, "map",
+                        lambda self, fn, *it: used.append(self._max_workers) or real_pool(self, fn, *it))
+    probed = data.prepare(split, root, PREP, tmp_path / "probed", workers=2)
+    assert used == [2] * (1 + threads_win)  # the probe; then the rest, in one chunk, if the threads won
+    assert np.array_equal(plain.images, probed.images) and np.array_equal(plain.ok, probed.ok)
+    assert plain.fingerprint == probed.fingerprint and plain.bad == probed.bad and len(probed.bad) == 2
+
+
 def test_batches_repeat_per_epoch_and_differ_between_epochs(images, cache):
     folder = data.scan(images, 0.2, 0)
     prepared = data.prepare(folder.train, images, PREP, cache, workers=1)
@@ -125,4 +172,4 @@ def test_the_scan_finds_the_files_rglob_finds_in_the_same_order(tmp_path):
     (root / "linked").symlink_to(root / "a", target_is_directory=True)  # a linked folder is not followed
     expected = sorted(p for p in root.rglob("*") if data.is_image(p)
                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    assert data._images(root) == expected and len(expected) == 10
+    assert data._images(root) == [str(p) for p in expected] and len(expected) == 10
