@@ -282,7 +282,7 @@ def bench_scale(plan: Plan, table: Table, raw: dict) -> None:
     work = Path(tempfile.mkdtemp(prefix="job-bench-scale-"))
     train, test, small = plan.scale_per_class
     try:
-        raw["scale"] = [scale.measure(size, work, say, train, test, small) for size in plan.scale_sizes]
+        raw["scale"] = [scale.measure(size, work, say, train, test, small, plan.repeats) for size in plan.scale_sizes]
     finally:  # the decoded caches: about 12 GB at 224 px
         shutil.rmtree(work, ignore_errors=True)
     for m in raw["scale"]:
