@@ -228,10 +228,10 @@ def _cache_key(split: Split, root: Path, prep: Preprocessing) -> str:
     The JSON text is hashed as it is made, a file at a time (the same bytes as one json.dumps of the whole list, so
     caches made before keep their names): the list and its text took 23 MB at once for 60,000 files."""
     h = hashlib.sha256(json.dumps([CACHE_VERSION, prep.resize_size, prep.interpolation, str(root.resolve())])[:-1].encode())
-    relative = _relative_to(root)
+    relative, quote = _relative_to(root), json.encoder.encode_basestring_ascii  # json.dumps's own quoting of a str
     for i, f in enumerate(split.files):
         s = os.stat(f)
-        h.update(f"{', [' if i == 0 else ', '}{json.dumps([relative(f), s.st_size, s.st_mtime_ns])}".encode())
+        h.update(f"{', [' if i == 0 else ', '}[{quote(relative(f))}, {s.st_size}, {s.st_mtime_ns}]".encode())
     h.update(f"{', [' if not split.files else ''}], {json.dumps(list(split.labels))}]".encode())
     return h.hexdigest()[:24]
 
@@ -293,14 +293,14 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
         del header  # the .npy header is written; the rows go in with pwrite
         _reserve(tmp_name, os.path.getsize(tmp_name), folder)
         ok = np.zeros(n, dtype=bool)
-        digests = np.zeros((n, 32), dtype=np.uint8)  # 32 bytes an image: as hex strings, 60,000 took 15 MB
+        digests = bytearray(32 * n)  # 32 bytes an image: as hex strings, 60,000 took 15 MB
         fd = os.open(tmp_name, os.O_WRONLY)
 
         def one(i: int) -> None:
             try:
                 with open(split.files[i], "rb") as f:
                     data = f.read()
-                digests[i] = np.frombuffer(hashlib.sha256(data).digest(), dtype=np.uint8)
+                digests[32 * i:32 * i + 32] = hashlib.sha256(data).digest()
                 pixels = load_image(data, size, prep.interpolation)
             except BAD_IMAGE:  # a file that cannot be read (gone, no permission) is a bad image too
                 return
@@ -356,12 +356,12 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
     write_json(meta_path, {"ok": ok.tolist(), "fingerprint": fingerprint})  # last: the array is complete once it exists
 
 
-def _fingerprint(digests: np.ndarray, labels: Sequence[int], ok: np.ndarray) -> str:
+def _fingerprint(digests: bytearray, labels: Sequence[int], ok: np.ndarray) -> str:
     """SHA-256 over [[sha256 hex, label], ...] of the good files, as JSON text hashed as it is made (the same bytes as
     one json.dumps of the list, so a fingerprint stays what it was)."""
     h = hashlib.sha256(b"[")
     for n, i in enumerate(np.flatnonzero(ok)):
-        h.update(f'{", " if n else ""}["{digests[i].tobytes().hex()}", {int(labels[i])}]'.encode())
+        h.update(f'{", " if n else ""}["{digests[32 * i:32 * i + 32].hex()}", {int(labels[i])}]'.encode())
     h.update(b"]")
     return h.hexdigest()
 
