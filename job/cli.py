@@ -297,9 +297,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not args.quiet:
         from job import report  # after the search: it imports torch, which the search imports while Ray starts
 
-        rows = [t.row() for t in result.trials]
+        rows = [t.row() for t in result.trials]  # an errored trial may lack settings (seen: one lost with its node)
         columns = ["number", "trial_id", *result.best_trial.params, "epochs", result.best_trial.metric, "status"]
-        print(report.table([[r[c] if r[c] is not None else "-" for c in columns] for r in rows],
+        print(report.table([[r[c] if r.get(c) is not None else "-" for c in columns] for r in rows],
                            ["#", "trial", *columns[2:]]))
         print(f"bundle:  {result.bundle}\ntrials:  {output}/trials.csv, {output}/trials.json\n"
               f"plot:    {output}/trials.png\nreport:  {output}/report.html\n"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_best_bundle_evaluates_to_the_reported_accuracy(searched, data, tmp_path
 
     folder = jobdata.scan(data, val_fraction=0.2, seed=0)
     val = tmp_path / "val"
-    for f, label in zip(folder.val.files, folder.val.labels):
+    for f, label in zip(map(Path, folder.val.files), folder.val.labels):
         (val / folder.classes[label]).mkdir(parents=True, exist_ok=True)
         (val / folder.classes[label] / f.name).write_bytes(f.read_bytes())
     r = run_job("evaluate", root / "out", "--data", val, "--output", tmp_path / "ev", "--json")
@@ -248,7 +249,6 @@ def test_a_second_search_on_a_running_experiment_exits_2_within_seconds_naming_t
 def test_the_private_ray_keeps_its_files_where_only_this_user_can_enter(data, tmp_path):
     import stat
     import tempfile
-    from pathlib import Path
 
     before = set(Path(tempfile.gettempdir()).glob("job-ray-*"))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_TMPDIR", "RAY_ADDRESS")}
