@@ -209,6 +209,11 @@ RUN_THE_MODEL = ("first_batch", "loop", "eval_bound")  # set up as every job com
 
 # ---- the measure ---------------------------------------------------------------------------------------------------
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median img/s, and every run's img/s."""
+    return sorted(runs, key=lambda m: m["img_s"])[len(runs) // 2] | {"img_s_each": [m["img_s"] for m in runs]}
+
+
 def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, small: int = 100, repeats: int = 1) -> dict:
     """Every figure above at one image size, for `train` and `test` images per class (6,000 and 1,000: all of
     Fashion-MNIST) against `small` per class; `work` holds the caches (about 12 GB at 224 px). Preparing and the
@@ -230,8 +235,7 @@ def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, sma
         preps.append(_child("prepare", str(root), str(size), str(fresh)))
         shutil.rmtree(fresh)  # 11.8 GB at 224 px
         pils.append(_child("pil", str(root), str(size)))
-    prep = sorted(preps, key=lambda m: m["img_s"])[len(preps) // 2] | {"img_s_each": [m["img_s"] for m in preps]}
-    pil = sorted(pils, key=lambda m: m["img_s"])[len(pils) // 2] | {"img_s_each": [m["img_s"] for m in pils]}
+    prep, pil = _median_run(preps), _median_run(pils)
     small_root = builtin.materialise("fashion-mnist", cache, small, small)
     small_prep = _child("prepare", str(small_root), str(size), str(Path(tempfile.mkdtemp(prefix="prep-", dir=work))))
     say(f"scale {size} px: prepare {prep['img_s']:.0f} img/s, PIL {pil['one_thread_img_s']:.0f} img/s in one thread, "

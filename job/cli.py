@@ -299,7 +299,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
         rows = [t.row() for t in result.trials]  # an errored trial may lack settings (seen: one lost with its node)
         columns = ["number", "trial_id", *result.best_trial.params, "epochs", result.best_trial.metric, "status"]
-        print(report.table([[r[c] if r.get(c) is not None else "-" for c in columns] for r in rows],
+        print(report.table([["-" if r.get(c) is None else r[c] for c in columns] for r in rows],
                            ["#", "trial", *columns[2:]]))
         print(f"bundle:  {result.bundle}\ntrials:  {output}/trials.csv, {output}/trials.json\n"
               f"plot:    {output}/trials.png\nreport:  {output}/report.html\n"

@@ -227,12 +227,13 @@ def _cache_key(split: Split, root: Path, prep: Preprocessing) -> str:
     """The cache's name for a split: a hash of the preprocessing, the folder, and every file's name, size and mtime.
     The JSON text is hashed as it is made, a file at a time (the same bytes as one json.dumps of the whole list, so
     caches made before keep their names): the list and its text took 23 MB at once for 60,000 files."""
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, prep.resize_size, prep.interpolation, str(root.resolve())])[:-1].encode())
+    head = json.dumps([CACHE_VERSION, prep.resize_size, prep.interpolation, str(root.resolve())])[:-1]
+    h = hashlib.sha256(f"{head}, [".encode())
     relative, quote = _relative_to(root), json.encoder.encode_basestring_ascii  # json.dumps's own quoting of a str
     for i, f in enumerate(split.files):
         s = os.stat(f)
-        h.update(f"{', [' if i == 0 else ', '}[{quote(relative(f))}, {s.st_size}, {s.st_mtime_ns}]".encode())
-    h.update(f"{', [' if not split.files else ''}], {json.dumps(list(split.labels))}]".encode())
+        h.update(f"{', ' if i else ''}[{quote(relative(f))}, {s.st_size}, {s.st_mtime_ns}]".encode())
+    h.update(f"], {json.dumps(list(split.labels))}]".encode())
     return h.hexdigest()[:24]
 
 

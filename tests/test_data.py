@@ -102,19 +102,21 @@ def test_a_grey_image_resized_in_one_band_has_the_pixels_of_its_rgb_copy(interpo
     the same image converted first, or caches and trained models would change with this speed-up."""
     import io
 
+    def encode(img: Image.Image, fmt: str) -> bytes:
+        out = io.BytesIO()
+        img.save(out, fmt)
+        return out.getvalue()
+
     rng = np.random.default_rng(0)
     for w, h in [(28, 28), (70, 40), (33, 300), (1, 7)]:
         grey = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L")
         for fmt in ("PNG", "JPEG"):
-            encoded = {}
-            for mode in ("L", "RGB"):
-                b = io.BytesIO()
-                (grey if mode == "L" else Image.open(io.BytesIO(encoded["L"])).convert("RGB")).save(b, "PNG" if mode == "RGB" else fmt)
-                encoded[mode] = b.getvalue()
+            as_grey = encode(grey, fmt)
+            as_rgb = encode(Image.open(io.BytesIO(as_grey)).convert("RGB"), "PNG")  # the same decoded pixels, 3 bands
             for size in (16, 73):
-                one_band = data.load_image(encoded["L"], size, interpolation)
+                one_band = data.load_image(as_grey, size, interpolation)
                 assert one_band.shape == (size, size, 3)
-                assert np.array_equal(one_band, data.load_image(encoded["RGB"], size, interpolation))
+                assert np.array_equal(one_band, data.load_image(as_rgb, size, interpolation))
 
 
 def test_a_cache_keeps_its_name_and_fingerprint_across_versions(tmp_path, cache):
