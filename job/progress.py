@@ -69,6 +69,13 @@ class SearchView:
         self._line(counts, f"{trial_id} {'lost' if lost else 'failed'}" + (f" on node {node}" if node else "")
                    + (f" ({reason})" if reason else "") + f": retried {start}")
 
+    def trial_replaced(self, trial_id: str, counts: Counts, reason: str = "") -> None:
+        """Ray ended the trial before its retry could start (tune.ProgressEvents.on_trial_error): a new trial takes
+        its settings."""
+        self.active.discard(trial_id)
+        self._line(counts, f"{trial_id} ended by Ray before its retry" + (f" ({reason})" if reason else "")
+                   + ": its settings run again in a new trial")
+
     def trial_errored(self, trial_id: str, counts: Counts, reason: str = "") -> None:
         self.active.discard(trial_id)
         self._line(counts, f"{trial_id} errored" + (f" ({reason})" if reason else ""))

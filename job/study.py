@@ -29,7 +29,7 @@ JOURNAL = "optuna.journal"
 METRIC = "metric"  # a study attribute: the metric its values are of
 WARM_FROM = "warm_start_from"  # a trial attribute: where a warm-start trial came from
 RAY_TRIAL_ID = "ray_trial_id"
-LOST = "lost_ray_trial_ids"  # a study attribute: trials asked for that the experiment never recorded
+LOST = "lost_ray_trial_ids"  # a study attribute: trials asked for that no longer count (never recorded, or replaced)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +110,12 @@ class Study:
         self.seen: dict[str, list[float]] = {}  # every finite value of the metric reported here, per trial
         self.reported: dict[str, set[int]] = {}  # the steps told to Optuna, per trial
         self.unrecorded: set[str] = set()  # trials the experiment holds that the journal does not (see reconcile)
+        self.replaced = lost  # trials that no longer count: not recorded (reconcile) or run again as new ones (replace)
+        self.open: set[str] = set()  # trials asked by this process and not told yet
 
     def ask(self, key: str) -> dict | None:
         """The settings of trial `key` (the same ones again for a trial that was already asked for); None once the
-        study holds `num_samples` trials."""
+        study holds `num_samples` trials (see `finished`)."""
         if key in self.numbers:
             frozen = self.study.trials[self.numbers[key]]
             return {**self.space.fixed, **frozen.params}
@@ -122,6 +124,7 @@ class Study:
         trial = self.study.ask(dict(self.space.searched))
         trial.set_user_attr(RAY_TRIAL_ID, key)
         self.numbers[key], self.asked[key] = trial.number, trial
+        self.open.add(key)
         self.on_change()  # recorded before the trial starts: a resumed search never counts it twice
         return {**self.space.fixed, **trial.params}
 
@@ -138,6 +141,7 @@ class Study:
     def tell(self, key: str, steps: int, metrics: dict | None, failed: bool) -> None:
         """Trial `key` ended after `steps` steps: complete, stopped early (pruned) or failed. A trial this study never
         asked for (a snapshot race after a kill) is left out of the study but still runs and counts."""
+        self.open.discard(key)
         number = self.numbers.get(key)
         frozen = self.study.trials[number] if number is not None else None
         if frozen is None or frozen.state != TrialState.RUNNING:
@@ -157,19 +161,41 @@ class Study:
             self.study.tell(number, float(value))
         self.on_change()
 
+    def finished(self) -> bool:
+        """No trial is left to ask for: the study holds `num_samples` trials and none asked here is still running
+        (one of them may yet be replaced)."""
+        return len(self.numbers) + len(self.unrecorded) >= self.num_samples and not self.open
+
+    def replace(self, key: str) -> bool:
+        """Trial `key` ended before it could run, through no fault of its settings: it no longer counts, and its
+        settings are the next ones asked for, by a new trial. False for a trial this study did not ask for."""
+        number = self.numbers.pop(key, None)
+        if number is None:
+            return False
+        self.open.discard(key)
+        frozen = self.study.trials[number]
+        if frozen.state == TrialState.RUNNING:
+            self.study.tell(number, state=TrialState.FAIL)
+        self.study.enqueue_trial(frozen.params)
+        self.replaced.add(key)
+        self.study.set_user_attr(LOST, sorted(self.replaced))
+        self.on_change()
+        return True
+
     def reconcile(self, known: set[str]) -> None:
         """After a resume, with the trials the restored experiment holds. The journal and Ray's state are saved at
         different moments, so a kill can leave either one behind: a trial the journal holds as running but the
         experiment does not know was never run (told FAIL, it no longer counts); a trial the experiment holds but
         the journal does not (its record did not reach storage) counts all the same. Either way the search runs
         `num_samples` trials, no more, no fewer."""
-        self.unrecorded = known - set(self.numbers)
+        self.unrecorded = known - set(self.numbers) - self.replaced
         lost = [k for k, n in self.numbers.items() if k not in known and self.study.trials[n].state == TrialState.RUNNING]
         if not lost:
             return
         for key in lost:
             self.study.tell(self.numbers.pop(key), state=TrialState.FAIL)
-        self.study.set_user_attr(LOST, sorted(set(self.study.user_attrs.get(LOST, [])) | set(lost)))
+        self.replaced.update(lost)
+        self.study.set_user_attr(LOST, sorted(self.replaced))
         self.on_change()
 
     def importances(self) -> dict[str, float]:

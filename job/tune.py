@@ -136,7 +136,9 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str):
         params = LIVE.study.ask(trial_id)
-        return Searcher.FINISHED if params is None else params
+        if params is None:  # FINISHED is for good: not while a running trial may yet be replaced
+            return Searcher.FINISHED if LIVE.study.finished() else None
+        return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         LIVE.study.report(trial_id, int(result.get("training_iteration", 0)), result)
@@ -153,7 +155,7 @@ class StudySearcher(Searcher):
 
 def _counts(trials) -> Counts:
     return Counts(running=sum(t.status == "RUNNING" for t in trials), ended=sum(t.status == "TERMINATED" for t in trials),
-                  errored=sum(t.status == "ERROR" for t in trials))
+                  errored=sum(t.status == "ERROR" and t.trial_id not in LIVE.study.replaced for t in trials))
 
 
 class ProgressEvents(tune.Callback):
@@ -181,12 +183,19 @@ class ProgressEvents(tune.Callback):
             LIVE.mlflow.end(trial.trial_id, failed=False)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        node, reason, lost = _failure(trial)
+        node, reason, lost, _ = _failure(trial)
         LIVE.view.trial_retried(trial.trial_id, node or str((trial.last_result or {}).get("node_ip") or ""),
                                 _restored_epoch(trial), _counts(trials), reason, lost)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
+        _, reason, lost, failures = _failure(trial)
+        # Ray ends a trial it still had retries for when the node of the worker it reuses dies while that worker is
+        # being handed to the trial (its reset): Ray counts the one loss twice, the second time with the trial already
+        # queued for its retry, and a queued trial that fails is ended. The trial has not run: its settings run again.
+        if lost and 0 < failures <= trial.max_failures and LIVE.study.replace(trial.trial_id):
+            LIVE.view.trial_replaced(trial.trial_id, _counts(trials), reason)
+        else:
+            LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
         if LIVE.mlflow:
             LIVE.mlflow.end(trial.trial_id, failed=True)
 
@@ -234,20 +243,21 @@ def _restored_epoch(trial) -> int:
     return int(latest.metrics.get("epoch", 0)) if latest is not None else 0
 
 
-def _failure(trial) -> tuple[str, str, bool]:
-    """(node address, reason, whether its process or node was lost) of a trial's latest failure, from the error
-    file Ray keeps beside the driver (the copy in storage is written later): a lost node is one line, not Ray's
-    ActorDiedError text."""
+def _failure(trial) -> tuple[str, str, bool, int]:
+    """(node address, reason, whether its process or node was lost, how many times it failed) of a trial's latest
+    failure, from the error file Ray keeps beside the driver (the copy in storage is written later): a lost node is
+    one line, not Ray's ActorDiedError text."""
     try:
-        text = Path(trial.error_file).read_text().rsplit("Failure # ", 1)[-1]
+        failures = Path(trial.error_file).read_text().split("Failure # ")
     except (OSError, TypeError):
-        return "", "", True
+        return "", "", True, 0
+    text = failures[-1]
     node = (re.findall(r"^\s*ip: (\S+)", text, re.M) or [""])[0]
     if "node has died" in text or "node was terminated" in text:
-        return node, "its node died", True
+        return node, "its node died", True, len(failures) - 1
     if "ActorDiedError" in text or "actor died" in text.lower():
-        return node, "its worker process died", True
-    return node, _reason(text), False
+        return node, "its worker process died", True, len(failures) - 1
+    return node, _reason(text), False, len(failures) - 1
 
 
 def _reason(error) -> str:
@@ -521,6 +531,7 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, objective: Ob
         raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
     cut = LIVE.view.active if search_cfg.time_budget_s else set()  # still running when the budget ran out
     pairs = [(_trial(r, cfg.epochs, cut, space.names, (metric, mode)), r) for r in grid]
+    pairs = [(t, r) for t, r in pairs if t.trial_id not in LIVE.study.replaced]  # their settings ran as new trials
     by_id = {t.trial_id: r for t, r in pairs}
     trials = sorted((t for t, _ in pairs), key=lambda t: t.number)
     done = [t for t in trials if t.value is not None]

@@ -79,6 +79,30 @@ def test_the_ray_searcher_forwards_to_the_live_study_and_finishes(tmp_path, monk
     assert tune.LIVE.study.study.trials[0].intermediate_values == {1: 0.4, 4: 0.5}  # the last epoch comes with the end
 
 
+def test_a_replaced_trial_no_longer_counts_and_its_settings_run_again_also_after_a_resume(tmp_path, monkeypatch):
+    """Ray ended trial "b" before it ran (its node lost as its worker was handed to it, tune.ProgressEvents): a new
+    trial takes its settings and the search still runs num_samples trials. The searcher does not say FINISHED while
+    a trial that may yet be replaced runs: Ray would never ask again."""
+    monkeypatch.setattr(tune.LIVE, "study", study(tmp_path, num_samples=2))
+    searcher = tune.StudySearcher("val_acc", "max")
+    searcher.suggest("a")
+    b = searcher.suggest("b")
+    assert searcher.suggest("c") is None  # none to ask for now, but not FINISHED: "a" and "b" run
+    searcher.on_trial_complete("b", None, error=True)
+    assert tune.LIVE.study.replace("b") and not tune.LIVE.study.replace("never-asked")
+    assert searcher.suggest("c") == b  # the same settings, a new trial
+    searcher.on_trial_complete("a", {"training_iteration": 4, "val_acc": 0.5})
+    assert searcher.suggest("d") is None
+    searcher.on_trial_complete("c", {"training_iteration": 4, "val_acc": 0.6})
+    assert searcher.suggest("d") == tune.Searcher.FINISHED
+    trials = tune.LIVE.study.study.trials
+    assert [(t.user_attrs["ray_trial_id"], t.state) for t in trials] == [
+        ("a", TrialState.COMPLETE), ("b", TrialState.FAIL), ("c", TrialState.COMPLETE)]
+    again = study(tmp_path, num_samples=2)  # resumed: Ray's experiment holds all three, "b" errored
+    again.reconcile({"a", "b", "c"})
+    assert again.ask("d") is None and again.replaced == {"b"}
+
+
 def test_importances_name_the_searched_settings(tmp_path):
     s = study(tmp_path, num_samples=6)
     for i in range(6):
