@@ -182,13 +182,14 @@ class Study:
         self.on_change()
         return True
 
-    def reconcile(self, known: set[str]) -> None:
+    def reconcile(self, known: set[str], unfinished: set[str] = frozenset()) -> None:
         """After a resume, with the trials the restored experiment holds. The journal and Ray's state are saved at
         different moments, so a kill can leave either one behind: a trial the journal holds as running but the
         experiment does not know was never run (told FAIL, it no longer counts); a trial the experiment holds but
         the journal does not (its record did not reach storage) counts all the same. Either way the search runs
-        `num_samples` trials, no more, no fewer."""
+        `num_samples` trials, no more, no fewer. The `unfinished` ones run on in this process (see `finished`)."""
         self.unrecorded = known - set(self.numbers) - self.replaced
+        self.open |= unfinished & set(self.numbers)
         lost = [k for k, n in self.numbers.items() if k not in known and self.study.trials[n].state == TrialState.RUNNING]
         if not lost:
             return

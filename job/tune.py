@@ -164,7 +164,8 @@ class ProgressEvents(tune.Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         if not LIVE.reconciled:
-            LIVE.study.reconcile({t.trial_id for t in trials})
+            LIVE.study.reconcile({t.trial_id for t in trials},
+                                 {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")})
             LIVE.reconciled = True
 
     def on_trial_start(self, iteration, trials, trial, **info):

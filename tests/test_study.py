@@ -100,7 +100,15 @@ def test_a_replaced_trial_no_longer_counts_and_its_settings_run_again_also_after
         ("a", TrialState.COMPLETE), ("b", TrialState.FAIL), ("c", TrialState.COMPLETE)]
     again = study(tmp_path, num_samples=2)  # resumed: Ray's experiment holds all three, "b" errored
     again.reconcile({"a", "b", "c"})
-    assert again.ask("d") is None and again.replaced == {"b"}
+    assert again.ask("d") is None and again.replaced == {"b"} and again.finished()
+    (tmp_path / "running").mkdir()
+    first = study(tmp_path / "running", num_samples=1)
+    first.ask("a")
+    resumed = study(tmp_path / "running", num_samples=1)  # killed while "a" ran; Ray restores it unfinished
+    resumed.reconcile({"a"}, unfinished={"a"})
+    assert not resumed.finished()  # "a" may yet be replaced: the searcher must not say FINISHED
+    resumed.tell("a", 4, {"val_acc": 0.5}, failed=False)
+    assert resumed.finished()
 
 
 def test_importances_name_the_searched_settings(tmp_path):
