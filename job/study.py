@@ -166,6 +166,11 @@ class Study:
         (one of them may yet be replaced)."""
         return len(self.numbers) + len(self.unrecorded) >= self.num_samples and not self.open
 
+    def ended(self, keys: set[str]) -> None:
+        """Trials Ray has ended, some perhaps without telling the searcher (a reused worker that could not be reset):
+        `finished` waits for none of them."""
+        self.open -= keys
+
     def replace(self, key: str) -> bool:
         """Trial `key` ended before it could run, through no fault of its settings: it no longer counts, and its
         settings are the next ones asked for, by a new trial. False for a trial this study did not ask for."""

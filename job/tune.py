@@ -167,6 +167,7 @@ class ProgressEvents(tune.Callback):
             LIVE.study.reconcile({t.trial_id for t in trials},
                                  {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")})
             LIVE.reconciled = True
+        LIVE.study.ended({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")})
 
     def on_trial_start(self, iteration, trials, trial, **info):
         LIVE.view.trial_started(trial.trial_id)

@@ -109,6 +109,12 @@ def test_a_replaced_trial_no_longer_counts_and_its_settings_run_again_also_after
     assert not resumed.finished()  # "a" may yet be replaced: the searcher must not say FINISHED
     resumed.tell("a", 4, {"val_acc": 0.5}, failed=False)
     assert resumed.finished()
+    (tmp_path / "untold").mkdir()
+    untold = study(tmp_path / "untold", num_samples=1)
+    untold.ask("a")
+    assert not untold.finished()
+    untold.ended({"a"})  # Ray ended "a" without telling the searcher: the search must not wait for it forever
+    assert untold.finished()
 
 
 def test_importances_name_the_searched_settings(tmp_path):
