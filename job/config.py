@@ -74,8 +74,8 @@ class TrainConfig(Settings):
     # optimisation
     epochs: int = _field(5, "Epochs to train")
     batch_size: int = _field(32, "Images per batch")
-    optimizer: str = _field("sgd", "Optimizer", ("sgd", "adamw"))
-    lr: float = _field(0.01, "Learning rate")
+    optimizer: str = _field("adamw", "Optimizer", ("sgd", "adamw"))
+    lr: float = _field(0.001, "Learning rate")
     momentum: float = _field(0.9, "SGD momentum")
     weight_decay: float = _field(0.0001, "Weight decay")
     scheduler: str = _field("step", "LR schedule, stepped once per epoch (plateau: factor gamma, patience step_size)", ("step", "cosine", "plateau"))
@@ -229,13 +229,13 @@ class SearchConfig(Settings):
     metric: str = _field("val_acc", "The reported metric the search optimises, and that picks each trial's best epoch",
                          tuple(m for m in EPOCH_METRICS if m != "lr"))
     mode: str | None = _field(None, "max or min; default: min for a loss or a time (epoch_s), max otherwise", ("max", "min"))
-    lr_range: tuple[float, float] = _field((1e-4, 1e-1), "lr is sampled log-uniformly from [min, max]; min = max fixes it")
+    lr_range: tuple[float, float] = _field((1e-4, 1e-2), "lr is sampled log-uniformly from [min, max]; min = max fixes it")
     step_size_range: tuple[int, int] | None = _field(None, "step_size is sampled from the integers [min, max]; default [1, epochs]")
     gamma_range: tuple[float, float] = _field((0.05, 0.9), "gamma is sampled uniformly from [min, max]; min = max fixes it")
     sampler: str = _field("tpe", "tpe (Optuna's TPE) or random (Optuna's random sampler: a baseline)", ("tpe", "random"))
     early_stopping: str = _field("asha", "asha (stop weak trials early) or none (every trial runs all epochs: a baseline)",
                                  ("asha", "none"))
-    num_samples: int = _field(8, "Trials to run")
+    num_samples: int = _field(6, "Trials to run")
     max_concurrent: int = _field(0, "Trials running at once (0: as many as the resources allow)")
     time_budget_s: float | None = _field(None, "Stop the search after this many seconds and export the best so far")
     grace_period: int = _field(1, "ASHA: epochs every trial runs before it can be stopped")

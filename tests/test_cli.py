@@ -212,7 +212,7 @@ def test_other_tools_job_variables_do_not_stop_a_run_and_misspellings_are_named(
     r = run_job("train", "--print-config", env={"JOB_NAME": "build-42", "JOB_URL": "http://ci/job/42", "JOB_LRATE": "1"})
     assert r.returncode == 0, r.stderr
     assert "JOB_LRATE is not a job setting (ignored): did you mean JOB_LR?" in r.stderr
-    assert "JOB_URL" not in r.stderr and "lr = 0.01" in r.stdout
+    assert "JOB_URL" not in r.stderr and "lr = 0.001" in r.stdout
 
 
 def test_help_shows_each_flags_type_and_default_and_every_flag_has_help():

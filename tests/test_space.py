@@ -141,8 +141,8 @@ def test_old_range_keys_with_a_space_are_refused_with_the_new_spelling():
 
 
 def test_a_searched_setting_set_elsewhere_is_refused_and_a_fixed_one_may_be_set():
-    with pytest.raises(BadInput, match="optimizer = 'adamw' is set, but job tune searches it"):
-        check_search(TrainConfig(optimizer="adamw"), SearchConfig(space={"optimizer": {"choice": ["sgd", "adamw"]}}))
+    with pytest.raises(BadInput, match="optimizer = 'sgd' is set, but job tune searches it"):
+        check_search(TrainConfig(optimizer="sgd"), SearchConfig(space={"optimizer": {"choice": ["sgd", "adamw"]}}))
     assert check_search(TrainConfig(lr=0.05), SearchConfig(space={"optimizer": {"choice": ["sgd", "adamw"]}}))
 
 
