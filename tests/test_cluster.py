@@ -83,8 +83,11 @@ def test_a_search_survives_losing_nodes_and_says_so_in_one_line(cluster, s3_serv
     bucket, data = s3_slow_data
     nodes = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
-    p = start_tune(c, home, ["--data", data, *SLOW, "--num-samples", "4", "--storage", f"s3://{bucket}/ray",
-                             "--output", f"s3://{bucket}/best"])
+    # SGD over lr 1e-4 to 1e-1 gives trials of unequal worth, so ASHA stops one (with AdamW's defaults every trial
+    # reached val_acc 1.0 on these images, and none was stopped); 6 trials, so that trials are still waiting when
+    # the first is stopped (the third, at epoch 2, in the runs seen) and two run on after it
+    p = start_tune(c, home, ["--data", data, *SLOW, "--set", "optimizer=sgd", "--lr-range", "1e-4,1e-1",
+                             "--num-samples", "6", "--storage", f"s3://{bucket}/ray", "--output", f"s3://{bucket}/best"])
     lines, epochs, removed = [], {}, []
     for line in p.stderr:
         lines.append(line)
@@ -115,7 +118,7 @@ def test_a_search_survives_losing_nodes_and_says_so_in_one_line(cluster, s3_serv
 
     client = s3_server.client()
     trials = json.loads(client.get_object(Bucket=bucket, Key="best/trials.json")["Body"].read())
-    assert len(trials) == 4 and all(t["status"] != "errored" for t in trials), trials
+    assert len(trials) == 6 and all(t["status"] != "errored" for t in trials), trials
     assert not {t["trial_id"] for t in trials} & set(replaced), trials
     for t in trials:  # no trial started again from scratch: each trial's first epoch reported once
         assert sum(f"{t['trial_id']} " in line and " epoch 1/8 " in line for line in lines) == 1, (t, log[-4000:])
