@@ -26,6 +26,8 @@ import time
 import warnings
 from pathlib import Path
 
+from job.config import TrainConfig
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -44,8 +46,12 @@ class Plan:
     scale_per_class: tuple[int, int, int] = (6000, 1000, 100)  # train, test and small-set images per class
 
 
-FIXED = ("--lr-range", "0.001,0.001", "--step-size-range", "2,2", "--gamma-range", "0.1,0.1")  # = job train's defaults
-ONE_EPOCH = ("--epochs", "1", "--lr-range", "0.001,0.001", "--step-size-range", "1,1", "--gamma-range", "0.1,0.1")
+# One point of the search space: job train's defaults, so that one trial of `job tune` trains exactly as `job train`.
+_TRAIN = TrainConfig()
+FIXED = ("--lr-range", f"{_TRAIN.lr},{_TRAIN.lr}", "--step-size-range", f"{_TRAIN.step_size},{_TRAIN.step_size}",
+         "--gamma-range", f"{_TRAIN.gamma},{_TRAIN.gamma}")
+ONE_EPOCH = ("--epochs", "1", "--lr-range", f"{_TRAIN.lr},{_TRAIN.lr}", "--step-size-range", "1,1",
+             "--gamma-range", f"{_TRAIN.gamma},{_TRAIN.gamma}")  # one epoch: step_size at most epochs
 FULL = Plan(
     repeats=3, loop_image_size=96, loop_per_class=32, loop_compile=True,
     search=("--epochs", "8", "--num-samples", "8", "--image-size", "32", "--set", "builtin_train_per_class=40",
@@ -209,7 +215,7 @@ def bench_orchestration(plan: Plan, table: Table, raw: dict) -> Path:
 
     trains, tunes = [], []
     for r in range(plan.repeats):
-        trains.append(search.job("train", *plan.trial, "--lr", "0.001", "--step-size", "2", "--gamma", "0.1"))
+        trains.append(search.job("train", *plan.trial))
         tunes.append(search.job("tune", *plan.trial, "--num-samples", "1", *FIXED))
         say(f"orchestration: one trial: train {trains[-1].seconds:.1f}s, tune {tunes[-1].seconds:.1f}s")
     startups = []
