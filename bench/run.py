@@ -54,16 +54,17 @@ ONE_EPOCH = ("--epochs", "1", "--lr-range", f"{_TRAIN.lr},{_TRAIN.lr}", "--step-
              "--gamma-range", f"{_TRAIN.gamma},{_TRAIN.gamma}")  # one epoch: step_size at most epochs
 FULL = Plan(
     repeats=3, loop_image_size=96, loop_per_class=32, loop_compile=True,
-    search=("--epochs", "8", "--num-samples", "8", "--image-size", "32", "--set", "builtin_train_per_class=40",
-            "--set", "builtin_val_per_class=30"),
+    # the samplers alone: no training settings run first (they would give both searches the same known-good trial)
+    search=("--epochs", "8", "--num-samples", "8", "--image-size", "32", "--set", "enqueue_default=false",
+            "--set", "builtin_train_per_class=40", "--set", "builtin_val_per_class=30"),
     trial=("--epochs", "8", "--image-size", "96"),  # about a minute on 2 cores
     startups=(*ONE_EPOCH, "--num-samples", "4", "--max-concurrent", "1", "--set", "builtin_train_per_class=10",
               "--set", "builtin_val_per_class=10"),
 )
 SMOKE = Plan(
     sync_objects=200, search_seeds=1, scale_sizes=(32,), scale_per_class=(12, 6, 4), repeats=1, loop_image_size=32, loop_per_class=2, loop_compile=False,
-    search=("--epochs", "2", "--num-samples", "2", "--image-size", "32", "--set", "builtin_train_per_class=4",
-            "--set", "builtin_val_per_class=2"),
+    search=("--epochs", "2", "--num-samples", "2", "--image-size", "32", "--set", "enqueue_default=false",
+            "--set", "builtin_train_per_class=4", "--set", "builtin_val_per_class=2"),
     trial=("--epochs", "2", "--image-size", "32", "--set", "builtin_train_per_class=4", "--set", "builtin_val_per_class=2"),
     startups=(*ONE_EPOCH, "--num-samples", "3", "--max-concurrent", "1", "--image-size", "32",
               "--set", "builtin_train_per_class=2", "--set", "builtin_val_per_class=2"),

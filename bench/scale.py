@@ -250,7 +250,8 @@ def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, sma
     bundle = work / f"bundle-{size}"
     _job("train", "--image-size", str(size), "--epochs", "1", "--set", "builtin_train_per_class=10",
          "--set", "builtin_val_per_class=5", "--output", str(bundle), "--overwrite", "--quiet", cache=cache)
-    evaluate_s = _job("evaluate", str(bundle), "--data", str(root / "val"), "--quiet", cache=cache)
+    evaluate_s = _job("evaluate", str(bundle), "--data", str(root / "val"), "--output", str(work / f"evaluate-{size}"),
+                      "--quiet", cache=cache)  # into the benchmark's folder, not runs/ where it was started
     predict_s = _job("predict", str(bundle), str(root / "val"), "--json", cache=cache)
     bound = _child("eval_bound", str(size), str(cache))
     val_images = test * 10

@@ -37,12 +37,13 @@ TRAIN_FLAGS = {
     "lr": "learning rate",
     "step_size": "epochs between LR decays",
     "gamma": "LR decay factor",
-    "image_size": "input size in pixels; none: the weights' (64 for fashion-mnist)",
+    "image_size": "input size in pixels; none: the weights' (48 for fashion-mnist)",
     "seed": "random seed",
     "device": "auto, cpu, cuda or cuda:N",
 }
 BOOL_FLAGS = {"freeze_backbone": "train only the new head", "skip_bad_images": "skip unreadable images instead of failing"}
-TUNE_BOOL_FLAGS = {"enqueue_default": "run the training settings as they are as the first trial"}
+TUNE_BOOL_FLAGS = {"enqueue_default": "run the training settings as they are as the first trial, or fail (default: "
+                                       "run them first when they lie inside the space)"}
 TUNE_FLAGS = {
     "metric": "the metric to optimise (val_acc, val_f1_macro, val_loss, ...)",
     "mode": "max or min; none: follows the metric",

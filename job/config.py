@@ -67,7 +67,7 @@ class TrainConfig(Settings):
     model: str = _field("efficientnet_lite0", "efficientnet_lite0 or any torchvision classification model name")
     weights: str = _field("DEFAULT", "DEFAULT, a torchvision weights name, none, or a path to a state_dict file")
     freeze_backbone: bool = _field(False, "Train only the new classifier head (feature extraction)")
-    image_size: int | None = _field(None, "Input size in pixels; default: the weights' size (64 for fashion-mnist)")
+    image_size: int | None = _field(None, "Input size in pixels; default: the weights' size (48 for fashion-mnist)")
     mean: tuple[float, float, float] | None = _field(None, "Normalisation mean; default: the weights'")
     std: tuple[float, float, float] | None = _field(None, "Normalisation std; default: the weights'")
     interpolation: str | None = _field(None, "Resize interpolation; default: the weights'", ("bilinear", "bicubic", "nearest"))
@@ -177,7 +177,9 @@ def _coerce_scalar(cls: type, key: str, value: Any, want: type, source: str) -> 
     elif isinstance(value, want) and not (want is int and isinstance(value, bool)):
         return value
     example = _fields(cls)[key].default
-    raise BadInput(f"{key} = {_shown(value)} in {source} is not a {want.__name__}: give e.g. {key} = {json.dumps(_jsonable(example))}")
+    give = f"e.g. {key} = {json.dumps(_jsonable(example))}" if example is not None else \
+        {bool: "true or false", int: "a whole number", float: "a number"}.get(want, "a value")
+    raise BadInput(f"{key} = {_shown(value)} in {source} is not a {want.__name__}: give {give}")
 
 
 def _check_choices(c: Settings) -> None:
@@ -235,7 +237,7 @@ class SearchConfig(Settings):
     sampler: str = _field("tpe", "tpe (Optuna's TPE) or random (Optuna's random sampler: a baseline)", ("tpe", "random"))
     early_stopping: str = _field("asha", "asha (stop weak trials early) or none (every trial runs all epochs: a baseline)",
                                  ("asha", "none"))
-    num_samples: int = _field(6, "Trials to run")
+    num_samples: int = _field(4, "Trials to run")
     max_concurrent: int = _field(0, "Trials running at once (0: as many as the resources allow)")
     time_budget_s: float | None = _field(None, "Stop the search after this many seconds and export the best so far")
     grace_period: int = _field(1, "ASHA: epochs every trial runs before it can be stopped")
@@ -249,7 +251,8 @@ class SearchConfig(Settings):
                                        "the study in; default: the journal file optuna.journal in the experiment")
     warm_start: str | None = _field(None, "An earlier search whose finished trials seed the sampler: its experiment "
                                     "folder (local or s3://), its optuna.journal, or an Optuna URL[#study]")
-    enqueue_default: bool = _field(False, "Run the training settings as they are as the first trial")
+    enqueue_default: bool | None = _field(None, "Run the training settings as they are as the first trial; default: when "
+                                          "they lie inside the space (true: refuse a space that leaves them out)")
     name: str = _field("job-tune", "Experiment name: an unfinished experiment of this name is resumed")
 
     def __post_init__(self) -> None:

@@ -262,10 +262,13 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
     return distribution.low <= value <= distribution.high
 
 
-def first_trial(space: Space, base: dict) -> dict:
-    """The training settings as they are, as the first trial of the search (--enqueue-default)."""
+def first_trial(space: Space, base: dict, required: bool) -> dict | None:
+    """The training settings as they are, as the first trial of the search: a known-good start for the sampler and a
+    floor for the result. None where they lie outside the space, unless `required` (--enqueue-default) refuses that."""
     first = {k: base[k] for k in space.searched}
     outside = [f"{k} = {v!r}" for k, v in first.items() if not _contains(space.searched[k], v)]
+    if outside and not required:
+        return None
     if outside:
         raise BadInput(f"enqueue_default: the training settings' {', '.join(outside)} lie outside the space: widen the "
                        "space or change the setting")

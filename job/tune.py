@@ -426,7 +426,8 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
     dims = config.check_search(cfg, search_cfg)
     space, (metric, mode) = Space.of(dims), config.objective(search_cfg)
     objective = Objective(metric, mode, cfg.epochs)
-    first = study.first_trial(space, cfg.to_dict()) if search_cfg.enqueue_default else None
+    first = study.first_trial(space, cfg.to_dict(), required=bool(search_cfg.enqueue_default)) \
+        if search_cfg.enqueue_default is not False else None
     experiment, out = Experiment(search_cfg, s3), Location.parse(output, s3)
     resume = experiment.check(cfg, search_cfg, restart)
     out.claim(overwrite or restart, owner=str(experiment), data=cfg.data)

@@ -28,6 +28,7 @@ def test_smoke_run_writes_json_and_markdown_for_every_section(tmp_path):
 
 @pytest.mark.slow
 def test_the_opt_in_scale_section_runs_on_tiny_settings(tmp_path):
+    before = set((ROOT / "runs").glob("*"))
     r = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "scale", "--out", str(tmp_path)], cwd=ROOT,
                        timeout=900, capture_output=True, text=True, env={**os.environ, "JOB_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -35,6 +36,7 @@ def test_the_opt_in_scale_section_runs_on_tiny_settings(tmp_path):
     assert {row["section"] for row in rows} == {"scale"} and all(row["job"] > 0 for row in rows)
     cache = next(row for row in rows if row["measure"].startswith("cache on disk"))
     assert cache["ratio"] == pytest.approx(1.0, abs=0.01)  # the cache is exactly images x side² x 3 bytes
+    assert set((ROOT / "runs").glob("*")) == before  # its runs stay in its own folder, not where it was started
 
 
 def test_readme_shows_the_committed_full_results():

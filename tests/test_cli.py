@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from job import checkpoint, model
+from job.builtin import NATIVE_IMAGE_SIZE
 from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from tests.conftest import TINY, assert_error, make_folder, run_job, run_job_process, start_job
 
@@ -269,7 +270,7 @@ def test_builtin_fashion_mnist_materialises_and_trains(tmp_path, cache):
     root = cache / "datasets" / "fashion-mnist-12-6"
     assert len(list((root / "train").glob("*/*.png"))) == 120 and len(list((root / "val").glob("*/*.png"))) == 60
     manifest = json.loads((tmp_path / "a" / "best" / "bundle.json").read_text())
-    assert len(manifest["classes"]) == 10 and manifest["preprocessing"]["image_size"] == 64
+    assert len(manifest["classes"]) == 10 and manifest["preprocessing"]["image_size"] == NATIVE_IMAGE_SIZE["fashion-mnist"]
     r = run_job("train", *args, "--output", tmp_path / "b", env={"JOB_FASHION_MNIST_DIR": str(tmp_path / "none"), "JOB_CACHE": str(tmp_path / "c")})
     assert_error(r, EXIT_BAD_INPUT, "apt-get install dataset-fashion-mnist")
 

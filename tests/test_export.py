@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from job.builtin import NATIVE_IMAGE_SIZE
 from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from tests.conftest import RESNET, assert_error, run_job
 
@@ -86,7 +87,9 @@ def test_efficientnet_lite0_leaves_through_timm(tmp_path):
     assert r.returncode == 0, r.stderr
     config = json.loads(r.stdout)
     assert (config["library"], config["architecture"]) == ("timm", "tf_efficientnet_lite0")
-    assert config["pretrained_cfg"]["input_size"] == [3, 64, 64] and config["verified"]["top1_agree"] == config["verified"]["images"]
+    size = NATIVE_IMAGE_SIZE["fashion-mnist"]
+    assert config["pretrained_cfg"]["input_size"] == [3, size, size]
+    assert config["verified"]["top1_agree"] == config["verified"]["images"]
 
 
 def test_export_reads_and_writes_s3(trained, s3_server, images, tmp_path):

@@ -31,7 +31,7 @@ def test_the_readmes_space_example_its_flag_form_and_yaml_form_are_one_valid_sea
     search = config.resolve(tmp_path / "search.toml", env={}, cls=config.SearchConfig)
     dims = {d.name: d for d in config.check_search(config.TrainConfig(), search)}
     assert config.objective(search) == ("val_f1_macro", "max") and dims["momentum"].kind == "fixed"
-    flags = re.search(r"each entry\s+is a flag, `([^`]+)`", readme).group(1).split()
+    flags = re.search(r"each entry\s+is\s+a\s+flag,\s+`([^`]+)`", readme).group(1).split()
     entries = [flags[i + 1] for i, f in enumerate(flags) if f == "--space"]
     from_flags = config.resolve(None, env={"JOB_TUNE_SPACE": " ".join(entries)}, cls=config.SearchConfig)
     assert all(from_flags.space[k] == search.space[k] for k in from_flags.space)

@@ -198,16 +198,18 @@ def test_a_warm_start_from_a_search_that_does_not_fit_is_refused(tmp_path, space
         warm_trials(tmp_path / JOURNAL, "old", space, objective)
 
 
-def test_the_default_settings_can_run_as_the_first_trial(tmp_path):
+def test_the_training_settings_run_first_when_the_space_holds_them_and_fail_only_where_demanded(tmp_path):
     from job.errors import BadInput
     from job.study import first_trial
 
-    first = first_trial(SPACE, TrainConfig(lr=0.01, step_size=2).to_dict())
+    first = first_trial(SPACE, TrainConfig(lr=0.01, step_size=2).to_dict(), required=False)
     s = Study(tmp_path / JOURNAL, "s", SPACE, Objective("val_acc", "max", 4), "tpe", 0, 2, 3, first=first)
     assert s.ask("a") == {"lr": 0.01, "step_size": 2, "gamma": 0.1}
     assert s.ask("b")["lr"] != 0.01
+    outside = TrainConfig(lr=0.5).to_dict()  # above lr_range's 1e-2
+    assert first_trial(SPACE, outside, required=False) is None  # by default: the search starts from the sampler
     with pytest.raises(BadInput, match="lr = 0.5 lie outside the space"):
-        first_trial(SPACE, TrainConfig(lr=0.5).to_dict())
+        first_trial(SPACE, outside, required=True)  # --enqueue-default asked for them: refused
 
 
 def test_a_study_in_an_rdb_url_and_a_fresh_one_drops_the_old(tmp_path):
@@ -239,3 +241,4 @@ def test_a_warm_start_source_is_an_experiment_folder_its_journal_or_a_url(tmp_pa
     assert study_source("sqlite:///x.db#s", None, tmp_path / "cache") == "sqlite:///x.db#s"
     with pytest.raises(BadInput, match="holds no optuna.journal"):
         study_source(str(tmp_path / "nothing"), None, tmp_path / "cache")
+
