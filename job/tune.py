@@ -88,11 +88,11 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
                        f"no CUDA device there (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, "
                        f"torch {torch.__version__}): check that node's NVIDIA driver and container runtime, "
                        "or pass --device cpu")
-    cfg = TrainConfig.from_dict(base | sampled)
-    s = run.setup(cfg, cache_dir(), s3=S3Config.from_dict(s3), objective=tuple(objective))
     restored = tune.get_checkpoint()
-    if restored:
-        state = _load(restored)
+    state = _load(restored) if restored else None
+    cfg = run.as_trained(state | {"config": base | sampled}) if state else TrainConfig.from_dict(base | sampled)
+    s = run.setup(cfg, cache_dir(), s3=S3Config.from_dict(s3), objective=tuple(objective))
+    if state:
         if state["data_fingerprint"] != s.fingerprint:
             raise BadInput(f"the data in '{cfg.data}' changed since this trial's checkpoint was written: resume with "
                            "the same data, or pass --restart")

@@ -262,6 +262,22 @@ def test_interrupt_keeps_the_last_checkpoint_and_resume_finishes(images, tmp_pat
     assert_error(run_job("train", "--resume", out, "--lr", "0.1"), EXIT_BAD_INPUT, "--resume cannot change lr")
 
 
+def test_resume_trains_on_at_the_input_size_the_checkpoint_was_trained_at(images, tmp_path):
+    """A run that left the size to the default resumes at the size its weights learnt, also after the default changed
+    (fashion-mnist's went from 64 to 48 px): here tiny_cnn's default is 32 and the checkpoint's 24."""
+    out = tmp_path / "r"
+    flags = [flag for flag in TINY if flag not in ("--image-size", "32")]
+    r = run_job("train", "--data", images, *flags, "--image-size", "24", "--epochs", "1", "--output", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    state = checkpoint.load(out)
+    assert state["preprocessing"]["image_size"] == 24
+    checkpoint.save(state | {"config": state["config"] | {"image_size": None}}, out / checkpoint.CHECKPOINT_NAME)
+    r = run_job("train", "--resume", out, "--epochs", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "best" / "bundle.json").read_text())
+    assert manifest["preprocessing"]["image_size"] == 24 and checkpoint.load(out)["config"]["image_size"] == 24
+
+
 def test_builtin_fashion_mnist_materialises_and_trains(tmp_path, cache):
     args = ["--data", "fashion-mnist", "--set", "builtin_train_per_class=12", "--set", "builtin_val_per_class=6",
             "--model", "resnet18", "--weights", "none", "--epochs", "1", "--json"]
