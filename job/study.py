@@ -263,8 +263,8 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
 
 
 def first_trial(space: Space, base: dict, required: bool) -> dict | None:
-    """The training settings as they are, as the first trial of the search: a known-good start for the sampler and a
-    floor for the result. None where they lie outside the space, unless `required` (--enqueue-default) refuses that."""
+    """The training settings as they are, as the first trial of the search: a known-good start for the sampler (ASHA
+    may still stop it, as any trial). None where they lie outside the space, unless `required` (--enqueue-default)."""
     first = {k: base[k] for k in space.searched}
     outside = [f"{k} = {v!r}" for k, v in first.items() if not _contains(space.searched[k], v)]
     if outside and not required:
