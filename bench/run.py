@@ -46,12 +46,14 @@ class Plan:
     scale_per_class: tuple[int, int, int] = (6000, 1000, 100)  # train, test and small-set images per class
 
 
+def _fixed(lr: float, step_size: int, gamma: float) -> tuple[str, ...]:
+    return ("--lr-range", f"{lr},{lr}", "--step-size-range", f"{step_size},{step_size}", "--gamma-range", f"{gamma},{gamma}")
+
+
 # One point of the search space: job train's defaults, so that one trial of `job tune` trains exactly as `job train`.
 _TRAIN = TrainConfig()
-FIXED = ("--lr-range", f"{_TRAIN.lr},{_TRAIN.lr}", "--step-size-range", f"{_TRAIN.step_size},{_TRAIN.step_size}",
-         "--gamma-range", f"{_TRAIN.gamma},{_TRAIN.gamma}")
-ONE_EPOCH = ("--epochs", "1", "--lr-range", f"{_TRAIN.lr},{_TRAIN.lr}", "--step-size-range", "1,1",
-             "--gamma-range", f"{_TRAIN.gamma},{_TRAIN.gamma}")  # one epoch: step_size at most epochs
+FIXED = _fixed(_TRAIN.lr, _TRAIN.step_size, _TRAIN.gamma)
+ONE_EPOCH = ("--epochs", "1", *_fixed(_TRAIN.lr, 1, _TRAIN.gamma))  # one epoch: step_size at most epochs
 FULL = Plan(
     repeats=3, loop_image_size=96, loop_per_class=32, loop_compile=True,
     # the samplers alone: no training settings run first (they would give both searches the same known-good trial)

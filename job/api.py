@@ -72,7 +72,7 @@ def _train(config, output, overwrite: bool, resume, s3: S3Config, on_epoch, bar)
         refused = sorted(set(changes) - RESUME_MAY_CHANGE)
         if refused:
             raise BadInput(f"resume cannot change {', '.join(refused)}: only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
-        config = run.as_trained(state, changes)
+        config = TrainConfig.from_dict(run.as_trained(state["config"] | changes, state), "the checkpoint")
     cfg = _settings(TrainConfig, config, "config")
     with signals.Stop():
         return run.train(cfg, output or default_output("train"), resume=state, overwrite=overwrite, bar=bar,

@@ -38,13 +38,12 @@ def preprocessing(cfg: TrainConfig) -> data.Preprocessing:
     )
 
 
-def as_trained(state: dict, changes: dict | None = None) -> TrainConfig:
-    """A checkpoint's config (with `changes`), at the input size its weights were trained at: where the size was left
-    to the default, a default changed since (fashion-mnist: 64 -> 48 px) must not change the run half-way."""
-    config = state["config"] | (changes or {})
+def as_trained(config: dict, state: dict) -> dict:
+    """`config`, resumed from the checkpoint `state`, at the input size its weights were trained at: where the size was
+    left to the default, a default changed since (fashion-mnist: 64 -> 48 px) must not change the run half-way."""
     if config.get("image_size") is None and "preprocessing" in state:
-        config = config | {"image_size": state["preprocessing"]["image_size"]}
-    return TrainConfig.from_dict(config, "the checkpoint")
+        return config | {"image_size": state["preprocessing"]["image_size"]}
+    return config
 
 
 @dataclasses.dataclass

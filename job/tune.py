@@ -90,7 +90,7 @@ def trainable(sampled: dict, base: dict, threads: int, s3: dict, objective: tupl
                        "or pass --device cpu")
     restored = tune.get_checkpoint()
     state = _load(restored) if restored else None
-    cfg = run.as_trained(state | {"config": base | sampled}) if state else TrainConfig.from_dict(base | sampled)
+    cfg = TrainConfig.from_dict(run.as_trained(base | sampled, state) if state else base | sampled)
     s = run.setup(cfg, cache_dir(), s3=S3Config.from_dict(s3), objective=tuple(objective))
     if state:
         if state["data_fingerprint"] != s.fingerprint:
