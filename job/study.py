@@ -189,17 +189,21 @@ class Study:
 
     def reconcile(self, known: set[str], unfinished: set[str] = frozenset()) -> None:
         """After a resume, with the trials the restored experiment holds. The journal and Ray's state are saved at
-        different moments, so a kill can leave either one behind: a trial the journal holds as running but the
-        experiment does not know was never run (told FAIL, it no longer counts); a trial the experiment holds but
-        the journal does not (its record did not reach storage) counts all the same. Either way the search runs
-        `num_samples` trials, no more, no fewer. The `unfinished` ones run on in this process (see `finished`)."""
+        different moments, so a kill can leave either one behind. A trial the journal holds but the experiment does
+        not know no longer counts: one still running was never run to its end (told FAIL); one that ended (a short
+        trial can run from start to end between two of Ray's snapshots) keeps its result for the sampler, but its
+        results and checkpoints are not the experiment's. A trial the experiment holds but the journal does not
+        (its record did not reach storage) counts all the same. Either way the search runs `num_samples` trials of
+        the experiment, no more, no fewer. The `unfinished` ones run on in this process (see `finished`)."""
         self.unrecorded = known - set(self.numbers) - self.replaced
         self.open |= unfinished & set(self.numbers)
-        lost = [k for k, n in self.numbers.items() if k not in known and self.study.trials[n].state == TrialState.RUNNING]
+        lost = [k for k in self.numbers if k not in known]
         if not lost:
             return
         for key in lost:
-            self.study.tell(self.numbers.pop(key), state=TrialState.FAIL)
+            number = self.numbers.pop(key)
+            if self.study.trials[number].state == TrialState.RUNNING:
+                self.study.tell(number, state=TrialState.FAIL)
         self.replaced.update(lost)
         self.study.set_user_attr(LOST, sorted(self.replaced))
         self.on_change()

@@ -192,10 +192,34 @@ def kill_after_trials_end(args: list[str], count: int, env: dict | None = None, 
         if all(statuses.get(t) == "TERMINATED" for t in ended[:count]):
             break
         time.sleep(0.2)  # polling interval while waiting for that file, not a guess at how long it takes
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_session(proc)
     assert len(ended) >= count, "the search did not get far enough before the deadline"
     return ended
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the session `proc` leads (see start_job), as when its pod dies, and wait until they
+    are gone. Killing its process group is not enough: Ray puts each trial's worker in a process group of its own,
+    and a worker left running goes on writing into the pod's folders and storage."""
+    def members() -> list[int]:
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+            if int(session) == proc.pid and state != "Z":
+                pids.append(int(stat.parent.name))
+        return pids
+
+    deadline = time.monotonic() + 60
+    while (pids := members()) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)  # a killed process leaves /proc once the kernel has torn it down
+    proc.wait()
+    assert not members(), "processes of the killed job outlived SIGKILL"
 
 
 def assert_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:

@@ -13,7 +13,7 @@ from job import bundle, files, storage
 from job.config import S3Config
 from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, JobError
 from job.storage import Location
-from tests.conftest import RESNET, TINY, assert_error, kill_after_trials_end, run_job
+from tests.conftest import RESNET, TINY, assert_error, kill_after_trials_end, kill_session, run_job
 
 SEARCH = [*TINY, "--epochs", "3", "--num-samples", "5", "--lr-range", "0.00001,0.3", "--set", "startup_trials=2"]
 
@@ -147,7 +147,7 @@ def test_data_set_synced_from_s3_then_not_fetched_again(s3_server, s3_env, image
 
 
 def test_tune_on_s3_survives_losing_the_machine(s3_server, images, short_tmp):
-    """job tune with --storage and --output on S3, killed (SIGKILL, whole process group), its local Ray folder and
+    """job tune with --storage and --output on S3, killed (SIGKILL, every process of it), its local Ray folder and
     cache deleted as on a new pod, then resumed from S3 alone: it finishes without rerunning finished trials."""
     bucket = s3_server.bucket()
     storage_url, output = f"s3://{bucket}/ray", f"s3://{bucket}/best"
@@ -351,7 +351,7 @@ def test_a_stalled_s3_server_neither_hangs_the_search_nor_loses_trials(s3_server
         resume.cancel()
         os.killpg(s3_server.pid, signal.SIGCONT)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc)
     trials = json.loads(s3_server.client().get_object(Bucket=bucket, Key="best/trials.json")["Body"].read())
     assert len(trials) == 3 and all(t["status"] == "completed" and t["epochs"] == 3 for t in trials), trials
     assert "Traceback" not in err

@@ -152,6 +152,16 @@ def test_a_resumed_search_runs_num_samples_trials_whichever_record_a_kill_left_b
     ahead.ask("a")
     ahead.reconcile({"a", "x", "y"})  # the experiment holds two trials whose records did not reach the journal
     assert ahead.ask("z") is None
+    (tmp_path / "quick").mkdir()
+    quick = study(tmp_path / "quick", num_samples=3)
+    for key in ("a", "b", "c"):
+        quick.ask(key)
+        quick.tell(key, 4, {"val_acc": 0.5}, failed=False)
+    resumed = study(tmp_path / "quick", num_samples=3)
+    resumed.reconcile({"a", "b"})  # "c" ran to its end between two of Ray's snapshots: the experiment has no "c"
+    assert resumed.ask("d") is not None and resumed.ask("e") is None and not resumed.finished()
+    assert resumed.study.trials[2].state == TrialState.COMPLETE  # its result stays the sampler's
+    assert study(tmp_path / "quick", num_samples=3).ask("e") is None  # resumed again: a, b and d count
 
 
 def finished_search(folder, n=4, metric="val_acc", mode="max"):
@@ -241,4 +251,3 @@ def test_a_warm_start_source_is_an_experiment_folder_its_journal_or_a_url(tmp_pa
     assert study_source("sqlite:///x.db#s", None, tmp_path / "cache") == "sqlite:///x.db#s"
     with pytest.raises(BadInput, match="holds no optuna.journal"):
         study_source(str(tmp_path / "nothing"), None, tmp_path / "cache")
-

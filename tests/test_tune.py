@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.slow  # real Ray searches; the fast lane covers tune.py through tests/test_study.py
 
 from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
-from tests.conftest import RESNET, TINY, assert_error, kill_after_trials_end, make_folder, run_job, start_job
+from tests.conftest import RESNET, TINY, assert_error, kill_after_trials_end, kill_session, make_folder, run_job, start_job
 
 # Small real images, a real model at 32 px that learns at some lr and not at others (so ASHA has something to stop):
 # each epoch takes well under a second, so the cost is Ray's.
@@ -106,7 +106,7 @@ def test_a_best_trial_whose_checkpoint_is_gone_is_passed_over(searched, data, tm
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(data, tmp_path):
-    """SIGKILL to the whole process group, as when a pod dies, then the same command finishes the search."""
+    """SIGKILL to every process of the search, as when a pod dies, then the same command finishes the search."""
     args = ["tune", "--data", str(data), *SEARCH, "--storage", str(tmp_path / "ray"), "--output", str(tmp_path / "out")]
     ended = kill_after_trials_end(args, 2)
 
@@ -245,8 +245,7 @@ def test_a_second_search_on_a_running_experiment_exits_2_within_seconds_naming_t
         assert_error(r, EXIT_BAD_INPUT, "is being searched right now by process", str(first.pid), "on this machine")
         assert time.monotonic() - started < 30
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        kill_session(first)
 
 
 def test_the_private_ray_keeps_its_files_where_only_this_user_can_enter(data, tmp_path):
