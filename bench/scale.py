@@ -5,9 +5,9 @@ Each measure runs in its own Python process (`python -m bench.scale CHILD ...`),
 its start-up counts where it should:
 
 - prepare: job's data.prepare (read, hash, decode, convert, resize, write into the memory-mapped cache) of the
-  training split against a bare PIL loop (open, convert, resize) over the same files, the faster of one thread
-  and as many threads as job may use;
-  the cache's size on disk; each process's peak resident memory, also for a 1,000-image set (growth with the data);
+  training split against a bare PIL loop (open, convert, resize) over the same files, the fastest of one thread,
+  as many threads as job may use, and as many processes;
+  the cache's size on disk; each process's peak resident memory, also for a 3,000-image set (growth with the data);
 - first batch, cached: from the interpreter's start to the end of the first training batch of a second run;
 - train loop: images/s of job's loop over the first batches of the full set against the same loop on 1,000 images;
 - evaluate / predict: `job evaluate` and `job predict` on the 10,000 test images (wall time of the command) against
@@ -37,8 +37,11 @@ def _peak_mb() -> float:
 
 
 class AnonPeak:
-    """The peak of this process's anonymous resident memory (MB): what it holds itself, not the pages of a file it
-    maps (those belong to the page cache and are given back under pressure). Sampled every 50 ms."""
+    """The peak anonymous resident memory (MB) of this process and the programs it started (job's decoding
+    processes) together: what they hold themselves, not the pages of a file they map (those belong to the page cache
+    and are given back under pressure). A child with this process's own command line is a fork that has not run its
+    program yet (or a forked pool's worker): its pages are this process's, shared, and are not counted again.
+    Sampled every 50 ms."""
 
     def __init__(self):
         self.peak, self._stop = 0.0, threading.Event()
@@ -51,8 +54,22 @@ class AnonPeak:
 
     @staticmethod
     def now() -> float:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssAnon:"))
-        return int(line.split()[1]) / 1024
+        kib, own = 0, Path("/proc/self/cmdline").read_bytes()
+        children = []
+        for task in Path("/proc/self/task").glob("*/children"):
+            try:
+                children += task.read_text().split()
+            except OSError:  # a thread that has just ended
+                continue
+        for pid in ["self", *children]:
+            try:
+                if pid != "self" and Path(f"/proc/{pid}/cmdline").read_bytes() == own:
+                    continue
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:  # a child that has just ended
+                continue
+            kib += int(next((x.split()[1] for x in status.splitlines() if x.startswith("RssAnon:")), 0))
+        return kib / 1024
 
     def stop(self) -> float:
         self._stop.set()
@@ -103,39 +120,49 @@ def child_prepare(root: str, size: int, cache: str) -> dict:
             "anon_peak_mb": anon.stop(), "cache_bytes": array.stat().st_size, "good": int(prepared.ok.sum())}
 
 
-def child_pil(root: str, size: int) -> dict:
-    """The bare PIL loop over the same files twice: in one thread, then in as many threads as job may use (64
-    images to a task); its img/s is the faster of the two. Threads do not always help: for small images the GIL
-    changing hands costs more than the decoding it frees (at 64 px here, one thread ran twice as fast as two)."""
+_BARE: dict = {}  # the bare loop's files, side and filter, for its forked processes
+
+
+def _bare_some(first: int) -> None:
+    """The bare loop's work for 64 images from `first`: open, convert, resize (the pixels are not kept)."""
     import numpy as np
     from PIL import Image
 
+    for path in _BARE["files"][first:first + 64]:
+        with Image.open(path) as img:
+            np.asarray(img.convert("RGB").resize((_BARE["side"], _BARE["side"]), _BARE["resample"]))
+
+
+def child_pil(root: str, size: int) -> dict:
+    """The bare PIL loop over the same files three times: in one thread, in as many threads as job may use, and in
+    as many forked processes (64 images to a task, the way a user writes it with concurrent.futures); its img/s is
+    the fastest of the three. Threads do not always help: for small images the GIL changing hands costs more than
+    the decoding it frees (at 64 px here, one thread ran twice as fast as two); processes share no GIL."""
+    import multiprocessing
+
     from job import cpus
     from job.config import TrainConfig
+    from job.decode import INTERPOLATIONS
     from job.run import preprocessing
-
-    from job.data import INTERPOLATIONS
 
     split = _split(Path(root), "train")
     prep = preprocessing(TrainConfig(image_size=size))  # the same pixels and filter as job's cache
-    side, resample = prep.resize_size, INTERPOLATIONS[prep.interpolation]
-    files = split.files
-
-    def some(first: int) -> None:
-        for path in files[first:first + 64]:
-            with Image.open(path) as img:
-                np.asarray(img.convert("RGB").resize((side, side), resample))
-
-    anon, start = AnonPeak(), time.perf_counter()
-    for first in range(0, len(files), 64):
-        some(first)
-    one_s, start = time.perf_counter() - start, time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(cpus.available()) as pool:
-        list(pool.map(some, range(0, len(files), 64)))
-    threads_s = time.perf_counter() - start
-    return {"images": len(files), "img_s": len(files) / min(one_s, threads_s), "one_thread_img_s": len(files) / one_s,
-            "threads_img_s": len(files) / threads_s, "threads": cpus.available(), "peak_mb": _peak_mb(),
-            "anon_peak_mb": anon.stop()}
+    _BARE.update(files=split.files, side=prep.resize_size, resample=INTERPOLATIONS[prep.interpolation])
+    firsts, seconds = range(0, len(split.files), 64), {}
+    anon = AnonPeak()
+    for way, pool in (("one_thread", None), ("threads", concurrent.futures.ThreadPoolExecutor(cpus.available())),
+                      ("processes", concurrent.futures.ProcessPoolExecutor(
+                          cpus.available(), mp_context=multiprocessing.get_context("fork")))):
+        start = time.perf_counter()  # a pool's start counts, as job's own does
+        if pool is None:
+            list(map(_bare_some, firsts))
+        else:
+            with pool:
+                list(pool.map(_bare_some, firsts))
+        seconds[way] = time.perf_counter() - start
+    n = len(split.files)
+    return {"images": n, "img_s": n / min(seconds.values()), **{f"{w}_img_s": n / s for w, s in seconds.items()},
+            "threads": cpus.available(), "peak_mb": _peak_mb(), "anon_peak_mb": anon.stop()}
 
 
 def _fit(size: int, train: int, test: int, cache: str):
@@ -214,7 +241,7 @@ def _median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda m: m["img_s"])[len(runs) // 2] | {"img_s_each": [m["img_s"] for m in runs]}
 
 
-def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, small: int = 100, repeats: int = 1) -> dict:
+def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, small: int = 300, repeats: int = 1) -> dict:
     """Every figure above at one image size, for `train` and `test` images per class (6,000 and 1,000: all of
     Fashion-MNIST) against `small` per class; `work` holds the caches (about 12 GB at 224 px). Preparing and the
     bare PIL loop are measured `repeats` times each, in turn (the median of each)."""
@@ -239,7 +266,7 @@ def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, sma
     small_root = builtin.materialise("fashion-mnist", cache, small, small)
     small_prep = _child("prepare", str(small_root), str(size), str(Path(tempfile.mkdtemp(prefix="prep-", dir=work))))
     say(f"scale {size} px: prepare {prep['img_s']:.0f} img/s, PIL {pil['one_thread_img_s']:.0f} img/s in one thread, "
-        f"{pil['threads_img_s']:.0f} in {pil['threads']}")
+        f"{pil['threads_img_s']:.0f} in {pil['threads']} threads, {pil['processes_img_s']:.0f} in as many processes")
     # the caches the runs below use: the full set and the small one, decoded once here (not timed)
     full, few = (str(size), str(train), str(test), str(cache)), (str(size), str(small), str(small), str(cache))
     _child("first_batch", *full)

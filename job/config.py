@@ -88,7 +88,7 @@ class TrainConfig(Settings):
     seed: int = _field(0, "Seed for the split, initialisation, shuffling and augmentation")
     device: str = _field("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = _field(True, "Mixed precision (autocast + GradScaler) on CUDA; ignored on CPU")
-    workers: int = _field(0, "Threads that decode images when a data set is first prepared (0: one per CPU; one alone where that measures faster)")
+    workers: int = _field(0, "Processes that decode images when a data set of 2,048 or more is first prepared, threads below that (0: one per CPU; 1: in the process itself)")
     # tracking (TensorBoard event files are always written)
     tracking: str = _field("none", "Also log params, epoch metrics and the best bundle to MLflow (pip install 'job[mlflow]')",
                            ("none", "mlflow"))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import errno
+import fcntl
 import hashlib
-import io
 import json
 import math
 import os
@@ -25,21 +25,20 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from job import cpus
+from job.decode import INTERPOLATIONS, Decoders, Rows
 from job.errors import BadInput, JobError
 from job.files import write_json
 from job.progress import say
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CACHE_VERSION = 1  # bump when the decoded pixels would differ for the same files
-DECODE_CHUNK = 4096  # images handed to the decoding threads at a time
-DECODE_BLOCK = 64  # images one thread decodes in a row
+DECODE_CHUNK = 4096  # images written between two background fdatasyncs, handed to the decoding threads at a time
+DECODE_BLOCK = 64  # images one thread or decoding process decodes in a row
 PROBE_IMAGES = 512  # images decoded in one thread, then as many in all, to choose how many to use
+HELPER_IMAGES = 512  # images, at least, for each decoding process started (~0.2 s each to start)
 LOW_DISK_BYTES, LOW_DISK_FRACTION = 1 << 30, 0.05  # warn when a decoded data set would leave less free than both
-BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's ways of saying "bad file"
-INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,28 +174,6 @@ def _split(per_class: dict[str, list[str]], classes: tuple[str, ...]) -> Split:
     return Split(tuple(files), tuple(labels))
 
 
-def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
-    """Decode, convert to RGB (alpha over white), resize the short side to `size`, centre-crop: (size, size, 3) uint8."""
-    with Image.open(io.BytesIO(data)) as img:
-        if img.width * img.height > Image.MAX_IMAGE_PIXELS:  # before decoding: a decompression bomb never reaches memory
-            raise ValueError(f"{img.width}x{img.height} pixels is more than {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
-        img.load()  # decode fully now: a truncated file fails here, not mid-training
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-        elif img.mode != "L":  # grey stays one band until the end: the same pixels, a third of the resizing
-            img = img.convert("RGB")  # (at 224 px, 420 us an image against 630 us here)
-        w, h = img.size
-        scale = size / min(w, h)
-        new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((new_w, new_h), INTERPOLATIONS[interpolation])
-        if (new_w, new_h) != (size, size):
-            left, top = (new_w - size) // 2, (new_h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-        return np.asarray(img.convert("RGB") if img.mode == "L" else img)
-
-
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """One split, decoded: images (N, S, S, 3) uint8, labels (N,), and the files that could not be read."""
@@ -215,6 +192,7 @@ def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers:
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     if not meta_path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
+        _sweep(folder)
         _decode_all(split, prep, array_path, meta_path, workers or cpus.available())
     meta = json.loads(meta_path.read_text())
     images = np.load(array_path, mmap_mode="r")
@@ -282,12 +260,41 @@ def _reserve(path: str, nbytes: int, folder: Path) -> None:
             raise
 
 
+def _locked_temporary(folder: Path) -> tuple[int, str]:
+    """A new temporary array file in `folder`, named .tmp-*.npy only once this process holds an exclusive flock on it
+    (the lock ends with the process, however it ends): (the locked descriptor, its path)."""
+    fd, new = tempfile.mkstemp(prefix=".new-", suffix=".npy", dir=folder)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    path = os.path.join(folder, ".tmp-" + os.path.basename(new)[len(".new-"):])
+    os.rename(new, path)
+    return fd, path
+
+
+def _sweep(folder: Path) -> None:
+    """Delete the temporary arrays of runs that were killed while they decoded (SIGKILL, an evicted pod, a lost node:
+    each up to the size of a whole decoded split, 11.8 GB for Fashion-MNIST at 224 px, left in a cache that a retry
+    then needs room in). A file whose lock can be taken has no live owner: a run holds its lock from before the
+    file has that name until it ends, also when another run shares the cache."""
+    for path in [*folder.glob(".tmp-*.npy"), *folder.glob(".new-*.npy")]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone already: another run swept it
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if path.name.startswith(".tmp-") or time.time() - os.fstat(fd).st_mtime > 60:  # .new-: not locked yet
+                path.unlink(missing_ok=True)
+        except OSError:  # locked: a live run's
+            pass
+        finally:
+            os.close(fd)
+
+
 def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: Path, workers: int) -> None:
     n, size = len(split.files), prep.resize_size
     folder = array_path.parent
     check_room(folder, n * size * size * 3 + 4096)  # the cache grows by this: images x side² x 3 bytes
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-    os.close(fd)
+    lock, tmp_name = _locked_temporary(folder)
     try:
         header = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         start, row = header.offset, size * size * 3
@@ -296,53 +303,30 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
         ok = np.zeros(n, dtype=bool)
         digests = bytearray(32 * n)  # 32 bytes an image: as hex strings, 60,000 took 15 MB
         fd = os.open(tmp_name, os.O_WRONLY)
-
-        def one(i: int) -> None:
-            try:
-                with open(split.files[i], "rb") as f:
-                    data = f.read()
-                digests[32 * i:32 * i + 32] = hashlib.sha256(data).digest()
-                pixels = load_image(data, size, prep.interpolation)
-            except BAD_IMAGE:  # a file that cannot be read (gone, no permission) is a bad image too
-                return
-            # one write per image, not page faults on a memory map: measured 15 us against 19-27 us an image here
-            # (and 5.8 us against 5.7 for one write of 64 rows at 64 px: not worth a buffer)
-            if os.pwrite(fd, pixels, start + i * row) != row:
-                raise OSError(errno.EIO, "short write", tmp_name)
-            ok[i] = True
-
-        def decode(first: int, last: int, threads: int) -> float:
-            """Decode images first..last-1, DECODE_BLOCK at a time to a thread; their number a second."""
-            began = time.perf_counter()
-            blocks = [range(i, min(last, i + DECODE_BLOCK)) for i in range(first, last, DECODE_BLOCK)]
-            for _ in (map if threads == 1 else pool.map)(lambda b: [one(i) for i in b], blocks):
-                pass
-            return (last - first) / max(time.perf_counter() - began, 1e-9)
-
-        # PIL releases the GIL while it decodes and resizes, so threads can scale without pickling images around,
-        # but for small images the GIL changing hands costs more than it frees: 60,000 Fashion-MNIST images at 64
-        # px decoded at ~5,000 img/s in one thread and ~2,500 in two here (at 224 px, 1,100 and 1,400-1,700). So
-        # the first PROBE_IMAGES are decoded in one thread, the next as many in all, and the rest the faster way.
-        # A chunk at a time, so the work of a large data set is never all queued at once. Each written chunk goes
-        # to disk in the background while the next decodes (fsync at the end alone took 2.5 s of 30 for 60,000
-        # images at 64 px here): the array is on disk before its metadata says it is complete.
+        rows = Rows(fd, start, size, prep.interpolation)
         try:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
-                    concurrent.futures.ThreadPoolExecutor(max_workers=1) as syncer:
-                done, threads = 0, workers
-                if workers > 1 and n >= 4 * PROBE_IMAGES:
-                    decode(0, DECODE_BLOCK, 1)  # not timed: the first images in a process warm PIL up
-                    alone = decode(DECODE_BLOCK, DECODE_BLOCK + PROBE_IMAGES, 1)
-                    done = DECODE_BLOCK + 2 * PROBE_IMAGES
-                    threads = 1 if alone > decode(DECODE_BLOCK + PROBE_IMAGES, done, workers) else workers
-                synced = None
-                for first in range(done, n, DECODE_CHUNK):
-                    decode(first, min(n, first + DECODE_CHUNK), threads)
-                    if synced is None or synced.done():
-                        synced = syncer.submit(os.fdatasync, fd)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as syncer:
+                synced, unsynced = None, 0
+
+                def done(first: int, their_digests: bytes, their_ok: bytes) -> None:
+                    """Note a decoded block; each DECODE_CHUNK images written go to disk in the background while the
+                    next decode (fsync at the end alone took 2.5 s of 30 for 60,000 images at 64 px here)."""
+                    nonlocal synced, unsynced
+                    digests[32 * first:32 * first + len(their_digests)] = their_digests
+                    ok[first:first + len(their_ok)] = np.frombuffer(their_ok, dtype=bool)
+                    unsynced += len(their_ok)
+                    if unsynced >= DECODE_CHUNK and (synced is None or synced.done()):
+                        synced, unsynced = syncer.submit(os.fdatasync, fd), 0
+
+                helpers = _helpers(n, workers, tmp_name, start, size, prep.interpolation)
+                if helpers is not None:
+                    with helpers:
+                        helpers.decode(_blocks(split.files, 0, n), done)
+                else:
+                    _decode_here(split.files, rows, done, workers)
                 if synced is not None:
                     synced.result()
-            os.fsync(fd)
+            os.fsync(fd)  # the array is on disk before its metadata says it is complete
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a file system that could not reserve the blocks up front
                 raise _no_room(folder, n * row, shutil.disk_usage(folder).free) from None
@@ -354,7 +338,52 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        os.close(lock)
     write_json(meta_path, {"ok": ok.tolist(), "fingerprint": fingerprint})  # last: the array is complete once it exists
+
+
+def _blocks(files: Sequence[str], first: int, last: int) -> Iterator[tuple[int, Sequence[str]]]:
+    """Images first..last-1 as (first, files) blocks of DECODE_BLOCK, made as they are taken (never all at once)."""
+    return ((i, files[i:min(last, i + DECODE_BLOCK)]) for i in range(first, last, DECODE_BLOCK))
+
+
+def _helpers(n: int, workers: int, array: str, start: int, size: int, interpolation: str) -> Decoders | None:
+    """Decoding processes for a large data set on more than one CPU (see job.decode: 1.4x one thread at 224 px and
+    1.7x at 64 px for 60,000 images here, where two threads lose to one); None where the set is small (their start, ~0.2 s, would not pay)
+    or none can be started (no interpreter to run): the images are then decoded in this process."""
+    if workers < 2 or n < 4 * PROBE_IMAGES:
+        return None
+    try:  # at least HELPER_IMAGES each: 64 processes for 2,048 images would spend more starting than decoding
+        return Decoders(min(workers, max(2, n // HELPER_IMAGES)), array, start, size, interpolation)
+    except OSError:
+        return None
+
+
+def _decode_here(files: Sequence[str], rows: Rows, done: Callable[[int, bytes, bytes], None], workers: int) -> None:
+    """Decode in this process: in one thread, or in `workers` threads (PIL releases the GIL while it decodes and
+    resizes), whichever a probe finds faster: for small images the GIL changing hands costs more than it frees (60,000
+    Fashion-MNIST images at 64 px: ~5,000 img/s in one thread and ~2,500 in two here; at 224 px 1,100 against
+    1,400-1,700). The first PROBE_IMAGES are decoded in one thread, the next as many in all, the rest the faster way,
+    a DECODE_CHUNK at a time so that the work of a large data set is never all queued at once."""
+    n = len(files)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+
+        def decode(first: int, last: int, threads: int) -> float:
+            """Decode images first..last-1, DECODE_BLOCK at a time to a thread; their number a second."""
+            began = time.perf_counter()
+            blocks = list(_blocks(files, first, last))
+            for block, result in zip(blocks, (map if threads == 1 else pool.map)(lambda b: rows.into_rows(*b), blocks)):
+                done(block[0], *result)
+            return (last - first) / max(time.perf_counter() - began, 1e-9)
+
+        finished, threads = 0, workers
+        if workers > 1 and n >= 4 * PROBE_IMAGES:
+            decode(0, DECODE_BLOCK, 1)  # not timed: the first images in a process warm PIL up
+            alone = decode(DECODE_BLOCK, DECODE_BLOCK + PROBE_IMAGES, 1)
+            finished = DECODE_BLOCK + 2 * PROBE_IMAGES
+            threads = 1 if alone > decode(DECODE_BLOCK + PROBE_IMAGES, finished, workers) else workers
+        for first in range(finished, n, DECODE_CHUNK):
+            decode(first, min(n, first + DECODE_CHUNK), threads)
 
 
 def _fingerprint(digests: bytearray, labels: Sequence[int], ok: np.ndarray) -> str:

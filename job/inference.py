@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from job import builtin, bundle, data
+from job.decode import BAD_IMAGE, load_image
 from job.errors import BadInput
 from job.loop import evaluate as evaluate_batches, resolve_device
 from job.metrics import per_class
@@ -154,8 +155,8 @@ def _decoder(prep: data.Preprocessing):
 
     def decode(f: Path) -> np.ndarray | None:
         try:
-            return data.load_image(f.read_bytes(), prep.resize_size, prep.interpolation)[off : off + size, off : off + size]
-        except data.BAD_IMAGE:
+            return load_image(f.read_bytes(), prep.resize_size, prep.interpolation)[off : off + size, off : off + size]
+        except BAD_IMAGE:
             return None
 
     return decode

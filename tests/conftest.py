@@ -256,3 +256,14 @@ def chromium(page: Path, out: Path) -> tuple[str, "np.ndarray"]:
     r = subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
     return dom.stdout, np.asarray(Image.open(shot).convert("RGB"))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 1 MiB file system: a disk that is full after the first large write."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root): the full-disk tests did not run")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)

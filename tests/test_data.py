@@ -1,11 +1,15 @@
+import fcntl
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from job import data
+from job import data, decode
 from job.errors import BadInput
 from tests.conftest import make_folder, pattern
 
@@ -91,12 +95,12 @@ def test_corrupt_images_are_listed_or_skipped(tmp_path, cache):
 def test_decoded_once_then_cached(images, cache, monkeypatch):
     folder = data.scan(images, 0.2, 0)
     first = data.prepare(folder.val, images, PREP, cache, workers=1)
-    monkeypatch.setattr(data, "load_image", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(decode, "load_image", lambda *a: pytest.fail("decoded again"))
     again = data.prepare(folder.val, images, PREP, cache, workers=1)
     assert np.array_equal(first.images, again.images) and first.fingerprint == again.fingerprint
 
 
-@pytest.mark.parametrize("interpolation", sorted(data.INTERPOLATIONS))
+@pytest.mark.parametrize("interpolation", sorted(decode.INTERPOLATIONS))
 def test_a_grey_image_resized_in_one_band_has_the_pixels_of_its_rgb_copy(interpolation):
     """Grey images are resized before they become RGB (a third of the work): the pixels must be exactly those of
     the same image converted first, or caches and trained models would change with this speed-up."""
@@ -114,9 +118,9 @@ def test_a_grey_image_resized_in_one_band_has_the_pixels_of_its_rgb_copy(interpo
             as_grey = encode(grey, fmt)
             as_rgb = encode(Image.open(io.BytesIO(as_grey)).convert("RGB"), "PNG")  # the same decoded pixels, 3 bands
             for size in (16, 73):
-                one_band = data.load_image(as_grey, size, interpolation)
+                one_band = decode.load_image(as_grey, size, interpolation)
                 assert one_band.shape == (size, size, 3)
-                assert np.array_equal(one_band, data.load_image(as_rgb, size, interpolation))
+                assert np.array_equal(one_band, decode.load_image(as_rgb, size, interpolation))
 
 
 def test_a_cache_keeps_its_name_and_fingerprint_across_versions(tmp_path, cache):
@@ -144,8 +148,9 @@ def test_a_cache_keeps_its_name_and_fingerprint_across_versions(tmp_path, cache)
 
 @pytest.mark.parametrize("threads_win", [True, False])
 def test_threads_or_not_every_image_lands_in_its_row(tmp_path, monkeypatch, threads_win):
-    """A large data set is decoded in one thread, then in all, and the rest the faster way (small images decode
-    faster in one): whichever wins, every row holds its own image, and bad files are marked in the probe too."""
+    """Where no decoding process can start, a large data set is decoded in this process: in one thread, then in
+    all, and the rest the faster way (small images decode faster in one): whichever wins, every row holds its own
+    image, and bad files are marked in the probe too."""
     root = make_folder(tmp_path / "d", classes=2, per_class=30)
     for i in (3, 10):  # decoded while one thread is timed, and while all are
         (root / "class_0" / f"img_{i:03d}.png").write_bytes(b"not an image")
@@ -153,6 +158,7 @@ def test_threads_or_not_every_image_lands_in_its_row(tmp_path, monkeypatch, thre
     plain = data.prepare(split, root, PREP, tmp_path / "plain", workers=1)  # one thread, never timed
     monkeypatch.setattr(data, "PROBE_IMAGES", 6)
     monkeypatch.setattr(data, "DECODE_BLOCK", 2)
+    monkeypatch.setattr(decode.sys, "executable", "")  # an embedded interpreter: no python to start
     # the clock as the decoding reads it: warm-up, one thread, all threads, then the rest (never read again)
     clock = iter([0, 0, 0, 10 if threads_win else 1, 0, 1 if threads_win else 10] + [0] * 100)
     monkeypatch.setattr(data, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(clock))}))
@@ -164,6 +170,116 @@ def test_threads_or_not_every_image_lands_in_its_row(tmp_path, monkeypatch, thre
     assert used == [2] * (1 + threads_win)  # the probe; then the rest, in one chunk, if the threads won
     assert np.array_equal(plain.images, probed.images) and np.array_equal(plain.ok, probed.ok)
     assert plain.fingerprint == probed.fingerprint and plain.bad == probed.bad and len(probed.bad) == 2
+
+
+@pytest.fixture
+def helpers(monkeypatch):
+    """Decoding processes for a 60-image set (2 images a block), and what they were: [(Decoders, its Popen list)]."""
+    monkeypatch.setattr(data, "PROBE_IMAGES", 6)
+    monkeypatch.setattr(data, "HELPER_IMAGES", 20)  # 60 images: 3 processes at most
+    monkeypatch.setattr(data, "DECODE_BLOCK", 2)
+    started = []
+    real = decode.Decoders.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        started.append((self, [proc for proc, _, _ in self._procs]))
+    monkeypatch.setattr(decode.Decoders, "__init__", spy)
+    return started
+
+
+def test_decoding_processes_fill_every_row_as_one_thread_does_and_end(tmp_path, helpers):
+    root = make_folder(tmp_path / "d", classes=2, per_class=30, suffixes=(".png", ".jpg"))
+    for i in (3, 44):
+        (root / f"class_{i // 30}" / f"img_{i % 30:03d}.png").write_bytes(b"not an image")
+    (root / "class_1" / "img_029.jpg").write_bytes((root / "class_1" / "img_028.png").read_bytes()[:150])  # cut short
+    split = data._split(data.scan_classes(root), ("class_0", "class_1"))
+    plain = data.prepare(split, root, PREP, tmp_path / "plain", workers=1)
+    assert not helpers  # one worker: this process alone
+    together = data.prepare(split, root, PREP, tmp_path / "processes", workers=4)
+    (_, procs), = helpers
+    assert len(procs) == 3 and all(proc.poll() is not None for proc in procs)  # 4 workers, but 20 images at least each: three, all ended
+    assert np.array_equal(plain.images, together.images) and np.array_equal(plain.ok, together.ok)
+    assert plain.fingerprint == together.fingerprint and plain.bad == together.bad and len(together.bad) == 3
+
+
+def test_decoding_processes_do_not_run_the_callers_script_again(tmp_path):
+    """A user's script that prepares a large data set at its top level, with no `if __name__ == "__main__":` guard
+    (multiprocessing's spawn and forkserver would import it again in every process, and fail)."""
+    root = make_folder(tmp_path / "d", classes=2, per_class=30)
+    script = tmp_path / "user.py"
+    script.write_text(f"""
+from pathlib import Path
+from job import data, decode
+data.PROBE_IMAGES, data.DECODE_BLOCK = 6, 2
+started = []
+class Spy(decode.Decoders):
+    def __init__(self, *a):
+        super().__init__(*a)
+        started.append(len(self._procs))
+data.Decoders = Spy
+print("script ran")
+split = data._split(data.scan_classes(Path({str(root)!r})), ("class_0", "class_1"))
+prepared = data.prepare(split, Path({str(root)!r}), data.{PREP!r}, Path({str(tmp_path / "cache")!r}), workers=2)
+print("good", int(prepared.ok.sum()), "processes", started)
+""")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["script ran", "good 60 processes [2]"], r.stdout + r.stderr[-2000:]
+    assert r.stderr == ""
+
+
+def test_a_decoding_process_that_dies_is_a_one_line_error_and_no_cache(tmp_path, helpers, monkeypatch):
+    root = make_folder(tmp_path / "d", classes=2, per_class=30)
+    split = data._split(data.scan_classes(root), ("class_0", "class_1"))
+    real = decode.Decoders.decode
+
+    def killed_first(self, blocks, done):
+        self._procs[0][0].kill()  # as the kernel's OOM killer would, or a crash in a decoder's C code
+        return real(self, blocks, done)
+    monkeypatch.setattr(decode.Decoders, "decode", killed_first)
+    with pytest.raises(data.JobError, match=r"^a process decoding images ended \(signal SIGKILL\) on one of 2 files "
+                       r"from .*img_00\d\.png: .*workers=1") as e:
+        data.prepare(split, root, PREP, tmp_path / "cache", workers=2)
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "cache" / "prepared").iterdir())  # no array, no metadata, no temporary file
+    (_, procs), = helpers
+    assert all(proc.poll() is not None for proc in procs)
+
+
+def test_a_full_cache_disk_under_decoding_processes_is_the_no_room_error(tmp_path, tmpfs, helpers, monkeypatch):
+    """A file system that takes the reservation but not the writes (no fallocate, a quota): a decoding process's
+    failing write reaches the user as the same one-line error as a full disk anywhere else."""
+    root = make_folder(tmp_path / "d", classes=2, per_class=30)
+    split = data._split(data.scan_classes(root), ("class_0", "class_1"))
+    monkeypatch.setattr(data, "check_room", lambda *a: None)
+    monkeypatch.setattr(data, "_reserve", lambda *a: None)
+    large = data.Preprocessing(image_size=96, resize_size=100, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear")
+    with pytest.raises(data.JobError, match=r"^the decoded data set needs 1.7 MiB in the cache folder .*JOB_CACHE"):
+        data.prepare(split, root, large, tmpfs, workers=2)
+    assert helpers and not list((tmpfs / "prepared").iterdir())
+
+
+def test_arrays_left_by_killed_runs_are_swept_and_a_live_runs_kept(tmp_path, images):
+    """A run killed while it decoded leaves its temporary array (up to a whole decoded split) in the cache; the next
+    run to decode there deletes it, never the one a live run holds (its flock), nor one a run is about to lock."""
+    folder = tmp_path / "cache" / "prepared"
+    folder.mkdir(parents=True)
+    dead, live = folder / ".tmp-dead1234.npy", folder / ".tmp-live1234.npy"
+    dead.write_bytes(b"x" * 4096)
+    live.write_bytes(b"y" * 4096)
+    unlocked_new, stale_new = folder / ".new-fresh123.npy", folder / ".new-stale123.npy"
+    unlocked_new.touch()
+    stale_new.touch()
+    os.utime(stale_new, (time.time() - 120,) * 2)
+    held = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the live run holds it (another open file: a lock of its own)
+        data.prepare(data.scan(images, 0.2, 0).val, images, PREP, tmp_path / "cache", workers=1)
+        assert not dead.exists() and not stale_new.exists()
+        assert live.read_bytes() == b"y" * 4096 and unlocked_new.exists()
+    finally:
+        os.close(held)
+    assert len(list(folder.glob("*.npy"))) == 3  # the two kept, and the new run's own array
 
 
 def test_batches_repeat_per_epoch_and_differ_between_epochs(images, cache):

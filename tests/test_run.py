@@ -93,19 +93,6 @@ def test_an_output_inside_the_data_folder_is_refused_before_any_work(tmp_path):
     assert not (data / "runs").exists()
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A 1 MiB file system: a disk that is full after the first large write."""
-    import subprocess
-
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root): the full-disk tests did not run")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def test_a_full_output_disk_is_a_clean_error_and_nothing_half_written_is_taken_as_finished(images, tmp_path, tmpfs):
     from tests.conftest import RESNET, assert_error, run_job
 
