@@ -9,7 +9,8 @@ its start-up counts where it should:
   as many threads as job may use, and as many processes;
   the cache's size on disk; each process's peak resident memory, also for a 3,000-image set (growth with the data);
 - first batch, cached: from the interpreter's start to the end of the first training batch of a second run;
-- train loop: images/s of job's loop over the first batches of the full set against the same loop on 1,000 images;
+- train loop: images/s of job's loop over the first batches of the full set against the same loop on the small set
+  (3,000 images);
 - evaluate / predict: `job evaluate` and `job predict` on the 10,000 test images (wall time of the command) against
   the model-only eval bound at that size.
 """
