@@ -190,14 +190,15 @@ class ProgressEvents(tune.Callback):
                                 _restored_epoch(trial), _counts(trials), reason, lost)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        _, reason, lost, failures = _failure(trial)
+        _, reason, lost, failures = _failure(trial)  # from the driver's copy: `trial.get_error()` reads the one in
+        # storage, which Ray may not have written yet (the line then had no reason: seen in CI)
         # Ray ends a trial it still had retries for when the node of the worker it reuses dies while that worker is
         # being handed to the trial (its reset): Ray counts the one loss twice, the second time with the trial already
         # queued for its retry, and a queued trial that fails is ended. The trial has not run: its settings run again.
         if lost and 0 < failures <= trial.max_failures and LIVE.study.replace(trial.trial_id):
             LIVE.view.trial_replaced(trial.trial_id, _counts(trials), reason)
         else:
-            LIVE.view.trial_errored(trial.trial_id, _counts(trials), _reason(trial.get_error()))
+            LIVE.view.trial_errored(trial.trial_id, _counts(trials), reason or _reason(trial.get_error()))
         if LIVE.mlflow:
             LIVE.mlflow.end(trial.trial_id, failed=True)
 

@@ -61,62 +61,73 @@ def start_tune(c, home: Path, args: list[str], env: dict | None = None) -> subpr
                      cwd=home, stdout=subprocess.PIPE)
 
 
-def _idle_first(c, nodes):
-    """The nodes, the one whose trial worker is not inside a `train` call first (ASHA has just stopped its trial and
-    the worker is being handed the next one), from the process titles Ray gives its workers."""
+def _trials(node) -> set[str]:
+    """The ids of the trials whose workers a node holds: Ray moves a trial's worker into the trial's folder
+    (trial_<number>_<id>), also when it hands the worker on to the next trial. (Not its process title: a function
+    trainable's worker is `ray::ImplicitFunc.train` only while Ray waits for its next result.)"""
     import psutil
 
-    def training(node) -> bool:
-        try:
-            workers = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
-            return any(" ".join(w.cmdline()).startswith("ray::ImplicitFunc.train") for w in workers)
-        except psutil.Error:
-            return True
-    return sorted(nodes, key=training)
+    found = set()
+    try:
+        for w in psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True):
+            if " ".join(w.cmdline()).startswith("ray::ImplicitFunc"):
+                found.add(Path(w.cwd()).name.rsplit("_", 1)[-1])
+    except psutil.Error:
+        pass
+    return found
 
 
 def test_a_search_survives_losing_nodes_and_says_so_in_one_line(cluster, s3_server, s3_slow_data):
-    """Two nodes lost: the first as ASHA stops a trial and its worker is handed the next one (if that is the node
-    lost, Ray ends the next trial before it runs: its settings run again in a new trial), the second while both
-    nodes run trials that have checkpoints (retried from them, not from scratch)."""
+    """Two nodes lost, in whichever order the search gives: one as ASHA stops a trial and its worker is handed the
+    next one (if that is the node lost, Ray ends the next trial before it runs: its settings run again in a new
+    trial), one while a trial with checkpoints trains on it (retried from its latest checkpoint, not from
+    scratch). Each is set off by a progress line that every search has: a stop (ASHA stops some of 6 trials over
+    lr 1e-4 to 1e-1 with SGD) and a trial past epoch 2 that is not at a rung (the first to reach a rung goes on)."""
     c, home = cluster
     bucket, data = s3_slow_data
     nodes = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
-    # SGD over lr 1e-4 to 1e-1 gives trials of unequal worth, so ASHA stops one (with AdamW's defaults every trial
-    # reached val_acc 1.0 on these images, and none was stopped); 6 trials, so that trials are still waiting when
-    # the first is stopped (the third, at epoch 2, in the runs seen) and two run on after it; every trial from the
-    # sampler, as when this was measured (not the training settings first)
+    # SGD gives trials of unequal worth, so ASHA stops some (with AdamW's defaults every trial reached val_acc 1.0 on
+    # these images, and none was stopped); 6 trials, so that trials are still waiting when the first is stopped;
+    # every trial from the sampler, as when this was measured (not the training settings first)
     p = start_tune(c, home, ["--data", data, *SLOW, "--set", "optimizer=sgd", "--lr-range", "1e-4,1e-1",
                              "--set", "enqueue_default=false",
                              "--num-samples", "6", "--storage", f"s3://{bucket}/ray", "--output", f"s3://{bucket}/best"])
-    lines, epochs, removed = [], {}, []
+    lines, epochs, handed, trained = [], {}, None, None  # the nodes removed: as a worker is handed on, as a trial trains
     for line in p.stderr:
         lines.append(line)
         for trial, epoch in re.findall(r"\] (\w+) .* epoch (\d)/8 ", line):
             epochs[trial] = int(epoch)
         for trial in re.findall(r"\] (\w+) (?:completed|stopped|ended|errored)", line):
             epochs.pop(trial, None)
-        if not removed and " stopped after epoch " in line:
-            removed.append(_idle_first(c, nodes)[0])
-        # both trials past epoch 2 have a checkpoint: the node of one inside its `train` call (not being handed on)
-        elif len(removed) == 1 and "| 2 running" in line and len(epochs) == 2 and min(epochs.values()) >= 2:
-            removed.append(_idle_first(c, [n for n in nodes if n not in removed])[-1])
-        else:
+        node = None
+        if handed is None and " stopped after epoch " in line:
+            # the node of the stopped trial's worker, or of the next trial it is being handed (none has an epoch yet)
+            node = handed = next((n for n in nodes if _trials(n) and not _trials(n) & set(epochs)), None)
+        for trial, epoch in re.findall(r"\] (\w+) .* epoch (\d)/8 ", line):
+            # not at one of ASHA's rungs (grace_period 1, reduction_factor 2) nor the last epoch: the trial goes on
+            if trained is None and node is None and int(epoch) not in (1, 2, 4, 8):
+                node = next((n for n in nodes if trial in _trials(n)), None)
+                trained = (node, trial) if node else None
+        if node is None:
             continue
-        c.remove_node(removed[-1])
+        c.remove_node(node)
+        nodes.remove(node)
         nodes.append(c.add_node(num_cpus=1))  # the replacement pod
     out, _ = p.communicate(timeout=600)
     log = "".join(lines)
     assert p.returncode == 0, log[-4000:]
-    assert len(removed) == 2, log[-4000:]
+    assert handed and trained, log[-4000:]
     assert "Traceback" not in log and "ActorDiedError" not in log and "Warning" not in log, log[-4000:]
     lost = [line for line in lines if " lost on node " in line]
     assert all(re.search(r"lost on node [\d.]+ \(its node died\): retried from ", line) for line in lost), log[-4000:]
-    assert len(lost) == 2 and re.search(r"retried from its epoch [1-7] checkpoint", lost[-1]), log[-4000:]
+    assert len(lost) == 2, log[-4000:]
+    assert any(re.search(rf"\] {trained[1]} lost on node .* retried from its epoch [2-7] checkpoint", line)
+               for line in lost), log[-4000:]
     replaced = re.findall(r"\] (\w+) ended by Ray before its retry \(its node died\): its settings run again in a new "
                           r"trial \| .* 0 errored", log)
-    assert not replaced or (f"{replaced[0]} lost on node" in lost[0] and "retried from the start" in lost[0]), log[-4000:]
+    assert not replaced or any(f"{replaced[0]} lost on node" in line and "retried from the start" in line
+                               for line in lost), log[-4000:]
 
     client = s3_server.client()
     trials = json.loads(client.get_object(Bucket=bucket, Key="best/trials.json")["Body"].read())
