@@ -301,7 +301,7 @@ def bench_scale(plan: Plan, table: Table, raw: dict) -> None:
                   "bare PIL decode + resize loop, the fastest of 1 thread, threads, processes", m["pil"]["img_s"], "img/s", ">= 0.9x",
                   m["prepare"]["img_s"] >= 0.9 * m["pil"]["img_s"])
         table.add(s, f"cache on disk, {n} at {px}", m["prepare"]["cache_bytes"] / 1e6,
-                  f"images x {m['side']}² x 3 bytes", m["expected_cache_bytes"] / 1e6, "MB")
+                  f"images x {m['side']}² x {m['prepare']['bands']} bytes", m["expected_cache_bytes"] / 1e6, "MB")
         table.add(s, f"memory preparing {n} at {px} (besides the memory map)", m["prepare"]["anon_peak_mb"],
                   f"the same for {k} images", m["small_prepare"]["anon_peak_mb"], "MB", "no growth (<= 1.1x)",
                   m["prepare"]["anon_peak_mb"] <= 1.1 * m["small_prepare"]["anon_peak_mb"])

@@ -118,7 +118,8 @@ def child_prepare(root: str, size: int, cache: str) -> dict:
     seconds = time.perf_counter() - start
     array = next((Path(cache) / "prepared").glob("*.npy"))
     return {"images": len(split.files), "img_s": len(split.files) / seconds, "peak_mb": _peak_mb(),
-            "anon_peak_mb": anon.stop(), "cache_bytes": array.stat().st_size, "good": int(prepared.ok.sum())}
+            "anon_peak_mb": anon.stop(), "cache_bytes": array.stat().st_size, "good": int(prepared.ok.sum()),
+            "bands": int(prepared.images.shape[-1])}
 
 
 _BARE: dict = {}  # the bare loop's files, side and filter, for its forked processes
@@ -285,7 +286,7 @@ def measure(size: int, work: Path, say, train: int = 6000, test: int = 1000, sma
     val_images = test * 10
     say(f"scale {size} px: evaluate {val_images / evaluate_s:.0f} img/s, predict {val_images / predict_s:.0f} img/s")
     return {
-        "size": size, "side": side, "expected_cache_bytes": prep["images"] * side * side * 3, "materialise_s": materialise_s,
+        "size": size, "side": side, "expected_cache_bytes": prep["images"] * side * side * prep["bands"], "materialise_s": materialise_s,
         "prepare": prep, "pil": pil, "small_prepare": small_prep, "first_batch": first, "first_batch_small": first_small,
         "loop_full": full_loop, "loop_small": small_loop, "evaluate_img_s": val_images / evaluate_s,
         "predict_img_s": val_images / predict_s, "eval_bound_img_s": bound["img_s"],

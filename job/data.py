@@ -1,10 +1,11 @@
 """Data sets, preprocessing and batches.
 
 An image folder is scanned and split once, then every image is decoded once, resized to a fixed square
-(`resize_size`, the deterministic part of the transform) and cached on disk as one uint8 array per split. Each
+(`resize_size`, the deterministic part of the transform) and cached on disk as one uint8 array per split (one
+band when every image is grey: a third of the bytes to write, keep and read; else RGB). Each
 epoch then only gathers rows from that (memory-mapped) array and applies the cheap random part, a crop to
 `image_size` and a flip, so the input pipeline stays far ahead of the model even on two CPU cores. Normalisation
-happens on the training device.
+(and grey to RGB) happens on the training device.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from job import cpus
-from job.decode import INTERPOLATIONS, Decoders, Rows
+from job.decode import DIGEST, INTERPOLATIONS, Colour, Decoders, Rows, looks_grey
 from job.errors import BadInput, JobError
 from job.files import write_json
 from job.progress import say
@@ -176,7 +177,8 @@ def _split(per_class: dict[str, list[str]], classes: tuple[str, ...]) -> Split:
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """One split, decoded: images (N, S, S, 3) uint8, labels (N,), and the files that could not be read."""
+    """One split, decoded: images (N, S, S, bands) uint8 (1 band for a grey data set, else 3), labels (N,), and the
+    files that could not be read."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -291,48 +293,14 @@ def _sweep(folder: Path) -> None:
 
 
 def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: Path, workers: int) -> None:
-    n, size = len(split.files), prep.resize_size
-    folder = array_path.parent
-    check_room(folder, n * size * size * 3 + 4096)  # the cache grows by this: images x side² x 3 bytes
-    lock, tmp_name = _locked_temporary(folder)
+    bands = 1 if looks_grey(_sample(split)) else 3
+    lock, tmp_name = _locked_temporary(array_path.parent)
     try:
-        header = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        start, row = header.offset, size * size * 3
-        del header  # the .npy header is written; the rows go in with pwrite
-        _reserve(tmp_name, os.path.getsize(tmp_name), folder)
-        ok = np.zeros(n, dtype=bool)
-        digests = bytearray(32 * n)  # 32 bytes an image: as hex strings, 60,000 took 15 MB
-        fd = os.open(tmp_name, os.O_WRONLY)
-        rows = Rows(fd, start, size, prep.interpolation)
         try:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as syncer:
-                synced, unsynced = None, 0
-
-                def done(first: int, their_digests: bytes, their_ok: bytes) -> None:
-                    """Note a decoded block; each DECODE_CHUNK images written go to disk in the background while the
-                    next decode (fsync at the end alone took 2.5 s of 30 for 60,000 images at 64 px here)."""
-                    nonlocal synced, unsynced
-                    digests[32 * first:32 * first + len(their_digests)] = their_digests
-                    ok[first:first + len(their_ok)] = np.frombuffer(their_ok, dtype=bool)
-                    unsynced += len(their_ok)
-                    if unsynced >= DECODE_CHUNK and (synced is None or synced.done()):
-                        synced, unsynced = syncer.submit(os.fdatasync, fd), 0
-
-                helpers = _helpers(n, workers, tmp_name, start, size, prep.interpolation)
-                if helpers is not None:
-                    with helpers:
-                        helpers.decode(_blocks(split.files, 0, n), done)
-                else:
-                    _decode_here(split.files, rows, done, workers)
-                if synced is not None:
-                    synced.result()
-            os.fsync(fd)  # the array is on disk before its metadata says it is complete
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a file system that could not reserve the blocks up front
-                raise _no_room(folder, n * row, shutil.disk_usage(folder).free) from None
-            raise
-        finally:
-            os.close(fd)
+            ok, digests = _decode_into(tmp_name, split.files, prep, bands, workers)
+        except Colour as e:  # a colour file the sample did not show: the grey rows cannot hold it
+            say(f"'{e.path}' is in colour and the files sampled were grey: decoding this data set again, in three bands")
+            ok, digests = _decode_into(tmp_name, split.files, prep, 3, workers)
         fingerprint = _fingerprint(digests, split.labels, ok)
         os.replace(tmp_name, array_path)
     finally:
@@ -342,19 +310,72 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
     write_json(meta_path, {"ok": ok.tolist(), "fingerprint": fingerprint})  # last: the array is complete once it exists
 
 
+def _sample(split: Split) -> list[str]:
+    """The files a data set's bands are judged by: the first of each class and 16 spread over the whole."""
+    n = len(split.files)
+    firsts = np.unique(np.asarray(split.labels), return_index=True)[1].tolist()
+    return [split.files[i] for i in sorted({*firsts, *np.linspace(0, n - 1, min(n, 16), dtype=int).tolist()})]
+
+
+def _decode_into(tmp_name: str, files: Sequence[str], prep: Preprocessing, bands: int,
+                 workers: int) -> tuple[np.ndarray, bytearray]:
+    """Decode every file into the (locked, temporary) array file `tmp_name`, made anew: (ok flags, SHA-256s)."""
+    n, size = len(files), prep.resize_size
+    folder = Path(tmp_name).parent
+    os.truncate(tmp_name, 0)  # a first try's grey rows are of no use to the second, in colour
+    check_room(folder, n * size * size * bands + 4096)  # the cache grows by this: images x side² x bands bytes
+    header = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=(n, size, size, bands))
+    start, row = header.offset, size * size * bands
+    del header  # the .npy header is written; the rows go in with pwrite
+    _reserve(tmp_name, os.path.getsize(tmp_name), folder)
+    ok = np.zeros(n, dtype=bool)
+    digests = bytearray(DIGEST * n)  # as hex strings, 60,000 took 15 MB
+    fd = os.open(tmp_name, os.O_WRONLY)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as syncer:
+            synced, unsynced = None, 0
+
+            def done(first: int, their_digests: bytes, their_ok: bytes) -> None:
+                """Note a decoded block; each DECODE_CHUNK images written go to disk in the background while the
+                next decode (fsync at the end alone took 2.5 s of 30 for 60,000 images at 64 px here)."""
+                nonlocal synced, unsynced
+                digests[DIGEST * first:DIGEST * first + len(their_digests)] = their_digests
+                ok[first:first + len(their_ok)] = np.frombuffer(their_ok, dtype=bool)
+                unsynced += len(their_ok)
+                if unsynced >= DECODE_CHUNK and (synced is None or synced.done()):
+                    synced, unsynced = syncer.submit(os.fdatasync, fd), 0
+
+            helpers = _helpers(n, workers, tmp_name, start, size, prep.interpolation, bands)
+            if helpers is not None:
+                with helpers:
+                    helpers.decode(_blocks(files, 0, n), done)
+            else:
+                _decode_here(files, Rows(fd, start, size, prep.interpolation, bands), done, workers)
+            if synced is not None:
+                synced.result()
+        os.fsync(fd)  # the array is on disk before its metadata says it is complete
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a file system that could not reserve the blocks up front
+            raise _no_room(folder, n * row, shutil.disk_usage(folder).free) from None
+        raise
+    finally:
+        os.close(fd)
+    return ok, digests
+
+
 def _blocks(files: Sequence[str], first: int, last: int) -> Iterator[tuple[int, Sequence[str]]]:
     """Images first..last-1 as (first, files) blocks of DECODE_BLOCK, made as they are taken (never all at once)."""
     return ((i, files[i:min(last, i + DECODE_BLOCK)]) for i in range(first, last, DECODE_BLOCK))
 
 
-def _helpers(n: int, workers: int, array: str, start: int, size: int, interpolation: str) -> Decoders | None:
+def _helpers(n: int, workers: int, array: str, start: int, size: int, interpolation: str, bands: int) -> Decoders | None:
     """Decoding processes for a large data set on more than one CPU (see job.decode: 1.4x one thread at 224 px and
     1.7x at 64 px for 60,000 images here, where two threads lose to one); None where the set is small (their start, ~0.2 s, would not pay)
     or none can be started (no interpreter to run): the images are then decoded in this process."""
     if workers < 2 or n < 4 * PROBE_IMAGES:
         return None
     try:  # at least HELPER_IMAGES each: 64 processes for 2,048 images would spend more starting than decoding
-        return Decoders(min(workers, max(2, n // HELPER_IMAGES)), array, start, size, interpolation)
+        return Decoders(min(workers, max(2, n // HELPER_IMAGES)), array, start, size, interpolation, bands)
     except OSError:
         return None
 
@@ -391,7 +412,7 @@ def _fingerprint(digests: bytearray, labels: Sequence[int], ok: np.ndarray) -> s
     one json.dumps of the list, so a fingerprint stays what it was)."""
     h = hashlib.sha256(b"[")
     for n, i in enumerate(np.flatnonzero(ok)):
-        h.update(f'{", " if n else ""}["{digests[32 * i:32 * i + 32].hex()}", {int(labels[i])}]'.encode())
+        h.update(f'{", " if n else ""}["{digests[DIGEST * i:DIGEST * (i + 1)].hex()}", {int(labels[i])}]'.encode())
     h.update(b"]")
     return h.hexdigest()
 
@@ -405,7 +426,8 @@ def check_bad(bad: Sequence[str], skip: bool) -> int:
 
 
 class Batches:
-    """Batches of (uint8 NCHW images in channels_last memory, int64 labels) from a prepared split.
+    """Batches of (uint8 NCHW images in channels_last memory, C = 1 for a grey split, int64 labels) from a prepared
+    split (`normalise` makes them float RGB on the device).
 
     Shuffling and augmentation draw from a generator seeded by (seed, epoch), so an epoch is the same batches
     whether the run was resumed or not. The next batch is gathered in a background thread while the model works.
@@ -448,7 +470,7 @@ class Batches:
         if self.train and self.augment:
             tops, lefts = rng.integers(0, r - s + 1, size=(2, len(idx)))
             flips = rng.random(len(idx)) < 0.5
-            out = np.empty((len(idx), s, s, 3), dtype=np.uint8)
+            out = np.empty((len(idx), s, s, rows.shape[-1]), dtype=np.uint8)
             for j in range(len(idx)):
                 crop = rows[j, tops[j] : tops[j] + s, lefts[j] : lefts[j] + s]
                 out[j] = crop[:, ::-1] if flips[j] else crop
@@ -463,7 +485,11 @@ class Batches:
 
 
 def normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 NCHW on the device -> float, normalised with the weights' mean and std."""
+    """uint8 NCHW on the device (1 channel for grey, 3) -> float RGB, normalised with the weights' mean and std.
+    Grey becomes RGB here, by broadcasting, into channels_last memory (the layout the model runs in)."""
     mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1) * 255
+    if x.shape[1] == 1:
+        out = torch.empty((x.shape[0], 3, *x.shape[2:]), device=x.device, memory_format=torch.channels_last)
+        return torch.sub(x.float(), mean, out=out).div_(std)
     return (x.float() - mean) / std

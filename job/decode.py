@@ -34,8 +34,38 @@ IN_FLIGHT = 2  # blocks handed to each helper ahead: it never waits for the next
 DIGEST = 32  # bytes of one SHA-256
 
 
+class Colour(Exception):
+    """A file in colour in a data set being decoded as grey (one band)."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+
+
+def looks_grey(paths: Sequence[str]) -> bool:
+    """Whether these files (a sample of a data set) are all grey, from their headers alone (PIL reads no pixels
+    until asked): grey data sets are kept in one band, a third of the bytes. A file that cannot be opened says
+    nothing here (the decoding reports it); none readable is not grey."""
+    seen = False
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                if img.mode != "L":
+                    return False
+                seen = True
+        except BAD_IMAGE:
+            continue
+    return seen
+
+
 def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
     """Decode, convert to RGB (alpha over white), resize the short side to `size`, centre-crop: (size, size, 3) uint8."""
+    img = _resized(data, size, interpolation)
+    return np.asarray(img.convert("RGB") if img.mode == "L" else img)
+
+
+def _resized(data: bytes, size: int, interpolation: str) -> Image.Image:
+    """`load_image`'s image before its last step: grey ones ("L") are still one band, any other is RGB."""
     with Image.open(io.BytesIO(data)) as img:
         if img.width * img.height > Image.MAX_IMAGE_PIXELS:  # before decoding: a decompression bomb never reaches memory
             raise ValueError(f"{img.width}x{img.height} pixels is more than {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
@@ -53,29 +83,34 @@ def load_image(data: bytes, size: int, interpolation: str) -> np.ndarray:
         if (new_w, new_h) != (size, size):
             left, top = (new_w - size) // 2, (new_h - size) // 2
             img = img.crop((left, top, left + size, top + size))
-        return np.asarray(img.convert("RGB") if img.mode == "L" else img)
+        return img
 
 
 class Rows:
-    """Where decoded images go: row i of the array file open as `fd` starts at byte start + i * (size * size * 3)."""
+    """Where decoded images go: row i of the array file open as `fd` starts at byte start + i * (size * size * bands),
+    3 bands (RGB) or 1 (grey: a grey image's RGB row is its one band three times, so one band loses nothing)."""
 
-    def __init__(self, fd: int, start: int, size: int, interpolation: str):
-        self.fd, self.start, self.size, self.interpolation = fd, start, size, interpolation
-        self.row = size * size * 3
+    def __init__(self, fd: int, start: int, size: int, interpolation: str, bands: int):
+        self.fd, self.start, self.size, self.interpolation, self.bands = fd, start, size, interpolation, bands
+        self.row = size * size * bands
 
     def into_rows(self, first: int, files: Sequence[str]) -> tuple[bytes, bytes]:
         """Read, hash, decode and write files[k] into row first + k, each in one `pwrite` (15 us an image against 19-27
         us for page faults on a memory map, measured here). Returns (each file's SHA-256, each file's 1 if it decoded,
-        else 0); an unreadable or undecodable file is a bad image, a failing write an OSError (ENOSPC: disk full)."""
+        else 0); an unreadable or undecodable file is a bad image, a failing write an OSError (ENOSPC: disk full), a
+        file in colour in one band `Colour`."""
         digests, ok = bytearray(DIGEST * len(files)), bytearray(len(files))
         for k, path in enumerate(files):
             try:
                 with open(path, "rb") as f:
                     data = f.read()
                 digests[DIGEST * k:DIGEST * (k + 1)] = hashlib.sha256(data).digest()
-                pixels = load_image(data, self.size, self.interpolation)
+                img = _resized(data, self.size, self.interpolation)
             except BAD_IMAGE:  # a file that cannot be read (gone, no permission) is a bad image too
                 continue
+            if self.bands == 1 and img.mode != "L":
+                raise Colour(path)
+            pixels = np.asarray(img.convert("RGB") if self.bands == 3 and img.mode == "L" else img)
             left, at = memoryview(pixels).cast("B"), self.start + (first + k) * self.row
             while left:  # a nearly full disk takes part of a write; the next part then fails with ENOSPC
                 written = os.pwrite(self.fd, left, at)
@@ -88,16 +123,18 @@ class Rows:
 # every process of a service: the parent decides, job's way, and ends its helpers by closing their pipes; a killed
 # parent's close them too), job's own folder first on the path (the parent may run from a checkout not installed).
 _BOOT = ("import signal, sys; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]; "
-         "sys.path.insert(0, sys.argv[1]); from job.decode import serve; serve(sys.argv[2], *map(int, sys.argv[3:5]), sys.argv[5])")
+         "sys.path.insert(0, sys.argv[1]); from job.decode import serve; "
+         "serve(sys.argv[2], *map(int, sys.argv[3:5]), sys.argv[5], int(sys.argv[6]))")
 
 
-def serve(array: str, start: int, size: int, interpolation: str) -> None:
-    """A helper's loop: (first, files) blocks in on stdin, ("ok", first, digests, ok) or ("oserror", errno, text)
-    out on the original stdout, which is kept for that alone (anything printed goes to stderr); ends at end of input."""
+def serve(array: str, start: int, size: int, interpolation: str, bands: int) -> None:
+    """A helper's loop: (first, files) blocks in on stdin, ("ok", first, digests, ok), ("oserror", errno, text) or
+    ("colour", path) out on the original stdout, which is kept for that alone (anything printed goes to stderr); ends
+    at end of input."""
     tasks, results = Connection(0, writable=False), Connection(os.dup(1), readable=False)
     os.dup2(2, 1)
     fd = os.open(array, os.O_WRONLY)
-    rows = Rows(fd, start, size, interpolation)
+    rows = Rows(fd, start, size, interpolation, bands)
     try:
         while True:
             try:
@@ -108,6 +145,8 @@ def serve(array: str, start: int, size: int, interpolation: str) -> None:
                 results.send(("ok", first, *rows.into_rows(first, files)))
             except OSError as e:
                 results.send(("oserror", e.errno, e.strerror))
+            except Colour as e:
+                results.send(("colour", e.path))
     except (BrokenPipeError, ConnectionResetError):  # the parent is gone: nothing to tell anyone
         pass
     finally:
@@ -115,22 +154,23 @@ def serve(array: str, start: int, size: int, interpolation: str) -> None:
 
 
 class Decoders:
-    """`count` helper processes decoding blocks of files into the array file at `array` (rows as `Rows` says).
+    """`count` helper processes decoding blocks of files into the array file at `array` (rows as `Rows` says, in
+    `bands`).
     Raises OSError when none could be started (no interpreter to run: the caller decodes in threads instead)."""
 
-    def __init__(self, count: int, array: str, start: int, size: int, interpolation: str):
+    def __init__(self, count: int, array: str, start: int, size: int, interpolation: str, bands: int):
         assert count >= 1, count
         if not sys.executable:
             raise OSError(errno.ENOENT, "no Python interpreter to start decoding processes with")
         self._procs: list[tuple[subprocess.Popen, Connection, Connection]] = []
         here = str(Path(__file__).resolve().parent.parent)
+        argv = [sys.executable, "-c", _BOOT, here, array, str(start), str(size), interpolation, str(bands)]
         try:
             for _ in range(count):
                 task_r, task_w = os.pipe()
                 result_r, result_w = os.pipe()
                 try:
-                    proc = subprocess.Popen([sys.executable, "-c", _BOOT, here, array, str(start), str(size), interpolation],
-                                            stdin=task_r, stdout=result_w, close_fds=True)
+                    proc = subprocess.Popen(argv, stdin=task_r, stdout=result_w, close_fds=True)
                 finally:
                     os.close(task_r)
                     os.close(result_w)
@@ -168,6 +208,8 @@ class Decoders:
                 busy[results].pop(0)
                 if answer[0] == "oserror":
                     raise OSError(answer[1], answer[2])
+                if answer[0] == "colour":
+                    raise Colour(answer[1])
                 done(*answer[1:])
                 give(proc, tasks, results)
 
