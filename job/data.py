@@ -329,7 +329,7 @@ def _decode_into(tmp_name: str, files: Sequence[str], prep: Preprocessing, bands
     del header  # the .npy header is written; the rows go in with pwrite
     _reserve(tmp_name, os.path.getsize(tmp_name), folder)
     ok = np.zeros(n, dtype=bool)
-    digests = bytearray(DIGEST * n)  # as hex strings, 60,000 took 15 MB
+    digests = bytearray(DIGEST * n)  # 32 bytes an image: as hex strings, 60,000 took 15 MB
     fd = os.open(tmp_name, os.O_WRONLY)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as syncer:

@@ -154,9 +154,8 @@ def serve(array: str, start: int, size: int, interpolation: str, bands: int) -> 
 
 
 class Decoders:
-    """`count` helper processes decoding blocks of files into the array file at `array` (rows as `Rows` says, in
-    `bands`).
-    Raises OSError when none could be started (no interpreter to run: the caller decodes in threads instead)."""
+    """`count` helper processes decoding blocks of files into the array file at `array` (rows in `bands`, as `Rows`
+    says). Raises OSError when none could be started (no interpreter to run: the caller decodes in threads instead)."""
 
     def __init__(self, count: int, array: str, start: int, size: int, interpolation: str, bands: int):
         assert count >= 1, count
