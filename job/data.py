@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from job import cpus
-from job.decode import DIGEST, INTERPOLATIONS, Colour, Decoders, Rows, looks_grey
+from job.decode import DIGEST, INTERPOLATIONS, Colour, Decoders, Rows, Unstarted, looks_grey
 from job.errors import BadInput, JobError
 from job.files import write_json
 from job.progress import say
@@ -347,9 +347,13 @@ def _decode_into(tmp_name: str, files: Sequence[str], prep: Preprocessing, bands
 
             helpers = _helpers(n, workers, tmp_name, start, size, prep.interpolation, bands)
             if helpers is not None:
-                with helpers:
-                    helpers.decode(_blocks(files, 0, n), done)
-            else:
+                try:
+                    with helpers:
+                        helpers.decode(_blocks(files, 0, n), done)
+                except Unstarted as e:  # every row is decoded again below: a block a helper did is written anew
+                    say(f"decoding processes could not start ({e}): decoding in this process")
+                    helpers = None
+            if helpers is None:
                 _decode_here(files, Rows(fd, start, size, prep.interpolation, bands), done, workers)
             if synced is not None:
                 synced.result()

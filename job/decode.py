@@ -34,6 +34,10 @@ IN_FLIGHT = 2  # blocks handed to each helper ahead: it never waits for the next
 DIGEST = 32  # bytes of one SHA-256
 
 
+class Unstarted(Exception):
+    """A decoding process could not start (its imports failed there): decode in this process instead."""
+
+
 class Colour(Exception):
     """A file in colour in a data set being decoded as grey (one band)."""
 
@@ -122,9 +126,23 @@ class Rows:
 # What a helper runs: SIGINT and SIGTERM ignored (Ctrl-C reaches the whole process group, and a supervisor may signal
 # every process of a service: the parent decides, job's way, and ends its helpers by closing their pipes; a killed
 # parent's close them too), job's own folder first on the path (the parent may run from a checkout not installed).
-_BOOT = ("import signal, sys; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]; "
-         "sys.path.insert(0, sys.argv[1]); from job.decode import serve; "
-         "serve(sys.argv[2], *map(int, sys.argv[3:5]), sys.argv[5], int(sys.argv[6]))")
+# A helper whose imports fail (a package broken for a new interpreter, not for the running one) says so in its
+# first answer, ("unstarted", why), instead of printing a traceback: the parent then decodes in its own process.
+_BOOT = """\
+import signal, sys
+[signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]
+sys.path.insert(0, sys.argv[1])
+try:
+    from job.decode import serve
+except Exception as e:
+    from multiprocessing.connection import Connection
+    try:
+        Connection(1, readable=False).send(("unstarted", f"{type(e).__name__}: {str(e).partition(chr(10))[0]}"))
+    except OSError:  # the parent went on without the helpers: it heard from another one
+        pass
+    sys.exit(1)
+serve(sys.argv[2], *map(int, sys.argv[3:5]), sys.argv[5], int(sys.argv[6]))
+"""
 
 
 def serve(array: str, start: int, size: int, interpolation: str, bands: int) -> None:
@@ -209,6 +227,8 @@ class Decoders:
                     raise OSError(answer[1], answer[2])
                 if answer[0] == "colour":
                     raise Colour(answer[1])
+                if answer[0] == "unstarted":
+                    raise Unstarted(answer[1])
                 done(*answer[1:])
                 give(proc, tasks, results)
 

@@ -93,22 +93,24 @@ def test_a_search_survives_losing_nodes_and_says_so_in_one_line(cluster, s3_serv
     p = start_tune(c, home, ["--data", data, *SLOW, "--set", "optimizer=sgd", "--lr-range", "1e-4,1e-1",
                              "--set", "enqueue_default=false",
                              "--num-samples", "6", "--storage", f"s3://{bucket}/ray", "--output", f"s3://{bucket}/best"])
-    lines, epochs, handed, trained = [], {}, None, None  # the nodes removed: as a worker is handed on, as a trial trains
+    # the nodes removed as a worker is handed on, and the trial whose node was removed while it trained
+    lines, epochs, handed, trained = [], {}, None, None
     for line in p.stderr:
         lines.append(line)
-        for trial, epoch in re.findall(r"\] (\w+) .* epoch (\d)/8 ", line):
-            epochs[trial] = int(epoch)
+        reached = [(trial, int(epoch)) for trial, epoch in re.findall(r"\] (\w+) .* epoch (\d)/8 ", line)]
+        epochs.update(reached)
         for trial in re.findall(r"\] (\w+) (?:completed|stopped|ended|errored)", line):
             epochs.pop(trial, None)
         node = None
         if handed is None and " stopped after epoch " in line:
             # the node of the stopped trial's worker, or of the next trial it is being handed (none has an epoch yet)
-            node = handed = next((n for n in nodes if _trials(n) and not _trials(n) & set(epochs)), None)
-        for trial, epoch in re.findall(r"\] (\w+) .* epoch (\d)/8 ", line):
+            held = {n: _trials(n) for n in nodes}
+            node = handed = next((n for n in nodes if held[n] and not held[n] & set(epochs)), None)
+        for trial, epoch in reached:
             # not at one of ASHA's rungs (grace_period 1, reduction_factor 2) nor the last epoch: the trial goes on
-            if trained is None and node is None and int(epoch) not in (1, 2, 4, 8):
+            if trained is None and node is None and epoch not in (1, 2, 4, 8):
                 node = next((n for n in nodes if trial in _trials(n)), None)
-                trained = (node, trial) if node else None
+                trained = trial if node else None
         if node is None:
             continue
         c.remove_node(node)
@@ -122,7 +124,7 @@ def test_a_search_survives_losing_nodes_and_says_so_in_one_line(cluster, s3_serv
     lost = [line for line in lines if " lost on node " in line]
     assert all(re.search(r"lost on node [\d.]+ \(its node died\): retried from ", line) for line in lost), log[-4000:]
     assert len(lost) == 2, log[-4000:]
-    assert any(re.search(rf"\] {trained[1]} lost on node .* retried from its epoch [2-7] checkpoint", line)
+    assert any(re.search(rf"\] {trained} lost on node .* retried from its epoch [2-7] checkpoint", line)
                for line in lost), log[-4000:]
     replaced = re.findall(r"\] (\w+) ended by Ray before its retry \(its node died\): its settings run again in a new "
                           r"trial \| .* 0 errored", log)

@@ -298,6 +298,25 @@ def test_a_decoding_process_that_dies_is_a_one_line_error_and_no_cache(tmp_path,
     assert all(proc.poll() is not None for proc in procs)
 
 
+def test_decoding_processes_that_cannot_start_leave_the_work_to_this_process(tmp_path, helpers, monkeypatch, capfd):
+    """A package that imports in the running interpreter but not in a new one (here PIL, shadowed for new processes
+    alone): one line, no traceback, and the set decoded here, the same as ever."""
+    root = make_folder(tmp_path / "d", classes=2, per_class=30)
+    split = data._split(data.scan_classes(root), ("class_0", "class_1"))
+    plain = data.prepare(split, root, PREP, tmp_path / "plain", workers=1)
+    broken = tmp_path / "broken" / "PIL"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("libjpeg.so.62: cannot open shared object file\\nmore")\n')
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))
+    here = data.prepare(split, root, PREP, tmp_path / "cache", workers=2)
+    (_, procs), = helpers
+    assert len(procs) == 2 and all(proc.poll() == 1 for proc in procs)  # they started, failed and ended
+    err = capfd.readouterr().err
+    assert "decoding processes could not start (ImportError: libjpeg.so.62: cannot open shared object file): " \
+           "decoding in this process\n" in err and "Traceback" not in err and "more" not in err
+    assert np.array_equal(plain.images, here.images) and plain.fingerprint == here.fingerprint and here.ok.all()
+
+
 def test_a_full_cache_disk_under_decoding_processes_is_the_no_room_error(tmp_path, tmpfs, helpers, monkeypatch):
     """A file system that takes the reservation but not the writes (no fallocate, a quota): a decoding process's
     failing write reaches the user as the same one-line error as a full disk anywhere else."""
