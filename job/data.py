@@ -347,13 +347,9 @@ def _decode_into(tmp_name: str, files: Sequence[str], prep: Preprocessing, bands
 
             helpers = _helpers(n, workers, tmp_name, start, size, prep.interpolation, bands)
             if helpers is not None:
-                try:
-                    with helpers:
-                        helpers.decode(_blocks(files, 0, n), done)
-                except Unstarted as e:  # every row is decoded again below: a block a helper did is written anew
-                    say(f"decoding processes could not start ({e}): decoding in this process")
-                    helpers = None
-            if helpers is None:
+                with helpers:
+                    helpers.decode(_blocks(files, 0, n), done)
+            else:
                 _decode_here(files, Rows(fd, start, size, prep.interpolation, bands), done, workers)
             if synced is not None:
                 synced.result()
@@ -375,11 +371,15 @@ def _blocks(files: Sequence[str], first: int, last: int) -> Iterator[tuple[int, 
 def _helpers(n: int, workers: int, array: str, start: int, size: int, interpolation: str, bands: int) -> Decoders | None:
     """Decoding processes for a large data set on more than one CPU (see job.decode: 1.4x one thread at 224 px and
     1.7x at 64 px for 60,000 images here, where two threads lose to one); None where the set is small (their start, ~0.2 s, would not pay)
-    or none can be started (no interpreter to run): the images are then decoded in this process."""
+    or they cannot be started (no interpreter to run; or one says it cannot work, its imports failing in a new
+    interpreter: one line says so): the images are then decoded in this process."""
     if workers < 2 or n < 4 * PROBE_IMAGES:
         return None
     try:  # at least HELPER_IMAGES each: 64 processes for 2,048 images would spend more starting than decoding
         return Decoders(min(workers, max(2, n // HELPER_IMAGES)), array, start, size, interpolation, bands)
+    except Unstarted as e:
+        say(f"decoding processes could not start ({e}): decoding in this process")
+        return None
     except OSError:
         return None
 

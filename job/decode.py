@@ -34,8 +34,9 @@ IN_FLIGHT = 2  # blocks handed to each helper ahead: it never waits for the next
 DIGEST = 32  # bytes of one SHA-256
 
 
-class Unstarted(Exception):
-    """A decoding process could not start (its imports failed there): decode in this process instead."""
+class Unstarted(OSError):
+    """A decoding process could not start (its imports failed there, or it ended before its first answer): the
+    caller decodes in its own process instead, as when no process can be started at all."""
 
 
 class Colour(Exception):
@@ -126,8 +127,9 @@ class Rows:
 # What a helper runs: SIGINT and SIGTERM ignored (Ctrl-C reaches the whole process group, and a supervisor may signal
 # every process of a service: the parent decides, job's way, and ends its helpers by closing their pipes; a killed
 # parent's close them too), job's own folder first on the path (the parent may run from a checkout not installed).
-# A helper whose imports fail (a package broken for a new interpreter, not for the running one) says so in its
-# first answer, ("unstarted", why), instead of printing a traceback: the parent then decodes in its own process.
+# Its first answer says whether it started: ("ready",), or ("unstarted", why) from a helper whose imports fail (a
+# package broken for a new interpreter, not for the running one) or that cannot open the array file, in place of a
+# traceback: the parent then decodes in its own process.
 _BOOT = """\
 import signal, sys
 [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]
@@ -146,34 +148,41 @@ serve(sys.argv[2], *map(int, sys.argv[3:5]), sys.argv[5], int(sys.argv[6]))
 
 
 def serve(array: str, start: int, size: int, interpolation: str, bands: int) -> None:
-    """A helper's loop: (first, files) blocks in on stdin, ("ok", first, digests, ok), ("oserror", errno, text) or
-    ("colour", path) out on the original stdout, which is kept for that alone (anything printed goes to stderr); ends
-    at end of input."""
+    """A helper's loop: first ("ready",) (or ("unstarted", why), and the end) out, then (first, files) blocks in on
+    stdin, ("ok", first, digests, ok), ("oserror", errno, text) or ("colour", path) out on the original stdout, which
+    is kept for that alone (anything printed goes to stderr); ends at end of input."""
     tasks, results = Connection(0, writable=False), Connection(os.dup(1), readable=False)
     os.dup2(2, 1)
-    fd = os.open(array, os.O_WRONLY)
-    rows = Rows(fd, start, size, interpolation, bands)
     try:
-        while True:
-            try:
-                first, files = tasks.recv()
-            except EOFError:
-                return
-            try:
-                results.send(("ok", first, *rows.into_rows(first, files)))
-            except OSError as e:
-                results.send(("oserror", e.errno, e.strerror))
-            except Colour as e:
-                results.send(("colour", e.path))
-    except (BrokenPipeError, ConnectionResetError):  # the parent is gone: nothing to tell anyone
+        try:
+            fd = os.open(array, os.O_WRONLY)
+        except OSError as e:
+            results.send(("unstarted", f"{array}: {e.strerror}"))
+            return
+        try:
+            results.send(("ready",))
+            rows = Rows(fd, start, size, interpolation, bands)
+            while True:
+                try:
+                    first, files = tasks.recv()
+                except EOFError:
+                    return
+                try:
+                    results.send(("ok", first, *rows.into_rows(first, files)))
+                except OSError as e:
+                    results.send(("oserror", e.errno, e.strerror))
+                except Colour as e:
+                    results.send(("colour", e.path))
+        finally:
+            os.close(fd)
+    except (BrokenPipeError, ConnectionResetError):  # the parent is gone (or went on without this one): nobody to tell
         pass
-    finally:
-        os.close(fd)
 
 
 class Decoders:
     """`count` helper processes decoding blocks of files into the array file at `array` (rows in `bands`, as `Rows`
-    says). Raises OSError when none could be started (no interpreter to run: the caller decodes in threads instead)."""
+    says), each one's first answer awaited. Raises OSError when any could not be started (no interpreter to run), and
+    `Unstarted` when one started but said it could not work: the caller decodes in its own process instead."""
 
     def __init__(self, count: int, array: str, start: int, size: int, interpolation: str, bands: int):
         assert count >= 1, count
@@ -192,6 +201,13 @@ class Decoders:
                     os.close(task_r)
                     os.close(result_w)
                 self._procs.append((proc, Connection(task_w, readable=False), Connection(result_r, writable=False)))
+            for _, _, results in self._procs:  # they boot side by side: waiting costs the slowest one's start, ~0.2 s
+                try:
+                    answer = results.recv()
+                except (EOFError, ConnectionResetError):
+                    answer = ("unstarted", "one ended as it started")
+                if answer[0] != "ready":
+                    raise Unstarted(answer[1])
         except BaseException:
             self.close()
             raise
@@ -227,8 +243,6 @@ class Decoders:
                     raise OSError(answer[1], answer[2])
                 if answer[0] == "colour":
                     raise Colour(answer[1])
-                if answer[0] == "unstarted":
-                    raise Unstarted(answer[1])
                 done(*answer[1:])
                 give(proc, tasks, results)
 

@@ -174,17 +174,19 @@ def test_threads_or_not_every_image_lands_in_its_row(tmp_path, monkeypatch, thre
 
 @pytest.fixture
 def helpers(monkeypatch):
-    """Decoding processes for a 60-image set (2 images a block), and what they were: [(Decoders, its Popen list)]."""
+    """Decoding processes for a 60-image set (2 images a block), and what they were: [(Decoders, its Popen list)],
+    noted as they are closed (a start that fails closes the ones it started)."""
     monkeypatch.setattr(data, "PROBE_IMAGES", 6)
     monkeypatch.setattr(data, "HELPER_IMAGES", 20)  # 60 images: 3 processes at most
     monkeypatch.setattr(data, "DECODE_BLOCK", 2)
     started = []
-    real = decode.Decoders.__init__
+    real = decode.Decoders.close
 
-    def spy(self, *a, **kw):
-        real(self, *a, **kw)
-        started.append((self, [proc for proc, _, _ in self._procs]))
-    monkeypatch.setattr(decode.Decoders, "__init__", spy)
+    def spy(self):
+        if self._procs:
+            started.append((self, [proc for proc, _, _ in self._procs]))
+        real(self)
+    monkeypatch.setattr(decode.Decoders, "close", spy)
     return started
 
 
@@ -316,6 +318,14 @@ def test_decoding_processes_that_cannot_start_leave_the_work_to_this_process(tmp
     assert "decoding processes could not start (ImportError: libjpeg.so.62: cannot open shared object file): " \
            "decoding in this process\n" in err and "Traceback" not in err and "its second line" not in err
     assert np.array_equal(plain.images, here.images) and plain.fingerprint == here.fingerprint and here.ok.all()
+
+
+def test_decoding_processes_that_cannot_open_the_array_say_so_at_start(tmp_path, capfd):
+    """A helper that cannot open the array file (deleted from under the decode) answers so first: an `Unstarted`
+    (an OSError: the caller's in-process fallback) naming the file, every helper ended, no traceback."""
+    with pytest.raises(decode.Unstarted, match=r"^.*gone\.npy: No such file or directory$") as e:
+        decode.Decoders(2, str(tmp_path / "gone.npy"), 128, 8, "bilinear", 3)
+    assert isinstance(e.value, OSError) and "Traceback" not in capfd.readouterr().err
 
 
 def test_a_full_cache_disk_under_decoding_processes_is_the_no_room_error(tmp_path, tmpfs, helpers, monkeypatch):
