@@ -21,7 +21,7 @@ from pathlib import Path
 
 from job import __version__, api, config, signals
 from job import space as spaces
-from job.errors import EXIT_FAILURE, EXIT_OK, BadInput, Interrupted, JobError
+from job.errors import EXIT_FAILURE, EXIT_OK, BadInput, Interrupted, JobError, one_line
 from job.progress import say
 
 # The machine, not job, is at fault: disk full, quota, permissions, read-only file system.
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         with signals.Stop():
             return args.func(args)
     except JobError as e:
-        print(f"job: error: {e}", file=sys.stderr)
+        print(f"job: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("job: interrupted", file=sys.stderr)
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise  # anything else is a bug: keep the traceback
         fix = "free space there" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
-        print(f"job: error: {e.strerror}: {e.filename or 'a file job writes'}: {fix}, then run again", file=sys.stderr)
+        print(one_line(f"job: error: {e.strerror}: {e.filename or 'a file job writes'}: {fix}, then run again"), file=sys.stderr)
         return EXIT_FAILURE
     finally:
         sys.stdout.flush()

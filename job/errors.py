@@ -32,6 +32,15 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
+def one_line(text: str) -> str:
+    """Text for one line of a terminal or a log: a newline, a tab, a carriage return or any other character that
+    does not print (in a file or folder name the user's data set has, say) written as its escape, `\\n`, so that a
+    name cannot break the line in two or make a second line look like something else (a traceback)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's first line, cut short, without a password of a URL in it: for a one-line error."""
     lines = str(e).strip().splitlines()

@@ -8,10 +8,12 @@ import sys
 import time
 from typing import Callable
 
+from job.errors import one_line
+
 
 def say(line: str) -> None:
-    """Progress and warnings go to stderr, so stdout stays the result (a table, or --json)."""
-    print(line, file=sys.stderr, flush=True)
+    """Progress and warnings go to stderr, so stdout stays the result (a table, or --json), a line each."""
+    print(one_line(line), file=sys.stderr, flush=True)
 
 
 def describe(params: dict) -> str:

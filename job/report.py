@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from job.errors import one_line
 from job.files import write_atomic
 from job.metrics import EPOCH_METRICS, Tally
 
@@ -79,8 +80,8 @@ def plot_confusion(path: Path, confusion, classes: Sequence[str]) -> None:
 
 
 def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
-    """A plain text table: numbers right-aligned, floats with 4 decimals."""
-    cells = [[number(v) if isinstance(v, float) else str(v) for v in row] for row in rows]
+    """A plain text table: numbers right-aligned, floats with 4 decimals, a row a line (a newline in a name is `\\n`)."""
+    cells = [[number(v) if isinstance(v, float) else one_line(str(v)) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
     right = [all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from job import bundle, config
 from job.errors import EXIT_BAD_INPUT, BadInput
-from tests.conftest import TINY, assert_error, run_job
+from tests.conftest import TINY, assert_error, make_folder, run_job
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,9 @@ CASES = {
     "resume nothing": (None, ["train", "--resume", "{d}/nowhere"], EXIT_BAD_INPUT, ["does not exist"]),
     "tune time budget nan": (None, ["tune", "--time-budget", "nan"], EXIT_BAD_INPUT, ["time_budget_s = 'nan'"]),
     "tune lr range inf": (None, ["tune", "--lr-range", "0.001,inf"], EXIT_BAD_INPUT, ["lr_range = '0.001,inf'"]),
+    "a class folder named with a newline": (lambda d: (make_folder(d / "data", classes=2, per_class=4),
+                                                       (d / "data" / "evil\nline two").mkdir()),
+                                            ["train", "--data", "{d}/data"], EXIT_BAD_INPUT, ["/evil\\nline two' has no images"]),
     "predict a decompression bomb": (lambda d: bomb(d / "bomb.png"), ["predict", "{run}", "{d}/bomb.png"],
                                      EXIT_BAD_INPUT, ["bomb.png", "--skip-bad-images"]),
 }

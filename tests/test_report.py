@@ -11,6 +11,13 @@ def test_table_aligns_numbers_right_and_text_left():
     assert text.splitlines() == ["name       x   n", "----  ------  --", "a     1.5000   3", "bbb   0.2500  10"]
 
 
+def test_a_name_with_a_newline_or_a_tab_stays_on_its_row():
+    """File and class names come from the user's data set: a newline in one escaped, the table a row a line."""
+    text = report.table([["x\ny.png", "cl\tass 0.5"], ["é.png", "b 0.5"]], ["file", "top-1"])
+    assert text.splitlines() == ["file      top-1", "--------  -----------", "x\\ny.png  cl\\tass 0.5",
+                                 "é.png     b 0.5"]
+
+
 def test_history_and_trials_are_written_as_json_and_csv_with_the_searched_columns(tmp_path):
     history = [{"epoch": 1, "train_loss": 1.0, "val_acc": 0.5}]
     report.write_history(tmp_path, history)
