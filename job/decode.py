@@ -32,6 +32,7 @@ BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # 
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 IN_FLIGHT = 2  # blocks handed to each helper ahead: it never waits for the next while its last result travels
 DIGEST = 32  # bytes of one SHA-256
+LONGEST = 4096  # the long side, in pixels of the resized image, up to which an image is resized whole (_resized)
 
 
 class Unstarted(OSError):
@@ -84,11 +85,16 @@ def _resized(data: bytes, size: int, interpolation: str) -> Image.Image:
         w, h = img.size
         scale = size / min(w, h)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((new_w, new_h), INTERPOLATIONS[interpolation])
-        if (new_w, new_h) != (size, size):
-            left, top = (new_w - size) // 2, (new_h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-        return img
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        if max(new_w, new_h) <= LONGEST:  # the short side resized to `size`, then the centre square cropped
+            img = img.resize((new_w, new_h), INTERPOLATIONS[interpolation])
+            return img.crop((left, top, left + size, top + size)) if (new_w, new_h) != (size, size) else img
+        # A long strip: only the centre square's region of the source is resized (PIL's box: the same geometry, though
+        # not always the same last bit, so images of common shapes keep the way above and the pixels caches and
+        # trained models were made with). Made whole, a 1 x 1,000,000 px strip of 2 kB would be 224 x 224,000,000 px.
+        sx, sy = w / new_w, h / new_h  # source pixels per resized pixel, as the whole resize would have them
+        return img.resize((size, size), INTERPOLATIONS[interpolation],
+                          box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
 
 
 class Rows:

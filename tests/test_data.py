@@ -123,6 +123,26 @@ def test_a_grey_image_resized_in_one_band_has_the_pixels_of_its_rgb_copy(interpo
                 assert np.array_equal(one_band, decode.load_image(as_rgb, size, interpolation))
 
 
+def test_a_long_strip_is_resized_without_being_made_whole():
+    """An image of 1 x 1,000,000 px (2 kB) would be 224 x 224,000,000 px (150 GB) resized whole: decoded in a process
+    held to 2 GB of memory, it comes out as 224 x 224. A shorter strip, small enough to resize whole, shows the region's
+    resize is the same geometry (within a unit of rounding)."""
+    import io
+
+    code = ("import io, resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); from PIL import Image; "
+            "from job import decode; b = io.BytesIO(); Image.new('L', (1, 1_000_000), 200).save(b, 'PNG'); "
+            "a = decode.load_image(b.getvalue(), 224, 'bilinear'); print(a.shape, a.min(), a.max())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "(224, 224, 3) 200 200", r.stderr[-500:]
+    rng = np.random.default_rng(0)
+    strip = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (5000, 3, 3), dtype=np.uint8)).save(strip, "PNG")
+    with Image.open(strip) as img:  # whole: 28 x 46,667 px, then the centre square
+        whole = np.asarray(img.convert("RGB").resize((28, 46667), Image.Resampling.BILINEAR).crop((0, 23319, 28, 23347)))
+    assert 28 * 5000 / 3 > decode.LONGEST  # the region's way
+    assert np.abs(whole.astype(int) - decode.load_image(strip.getvalue(), 28, "bilinear").astype(int)).max() <= 1
+
+
 def test_a_cache_keeps_its_name_and_fingerprint_across_versions(tmp_path, cache):
     """The cache's name and the data's fingerprint are hashed a file at a time; they must stay the hashes of the JSON
     they always were (caches made by earlier versions keep serving, a search's fingerprint check keeps matching)."""
