@@ -115,6 +115,8 @@ def expand(paths: list[str]) -> list[Path]:
             found += [f for f in sorted(p.rglob("*")) if data.is_image(f)]
         elif p.is_file():
             found.append(p)
+        elif p.exists():  # a FIFO, a device, a socket: reading one could wait or run forever
+            raise BadInput(f"'{p}' is not a regular file (a pipe or a device): pass image files or folders of images")
         else:
             raise BadInput(f"'{p}' does not exist: pass image files or folders of images")
     if not found:

@@ -44,6 +44,18 @@ def test_any_mode_and_suffix_is_read_and_junk_is_ignored(tmp_path, cache):
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_a_pipe_a_device_a_folder_and_a_link_loop_among_the_images_are_not_images(tmp_path):
+    """Only regular files are read: a named pipe would wait for a writer, /dev/zero never end."""
+    root = make_folder(tmp_path / "d", classes=2, per_class=3)
+    os.mkfifo(root / "class_0" / "pipe.png")
+    (root / "class_0" / "zero.png").symlink_to("/dev/zero")
+    (root / "class_1" / "folder.png").mkdir()
+    (root / "class_1" / "loop").symlink_to("..")
+    found = data.scan_classes(root)
+    assert {name: [os.path.basename(f) for f in files] for name, files in found.items()} == \
+        {"class_0": ["img_000.png", "img_001.png", "img_002.png"], "class_1": ["img_000.png", "img_001.png", "img_002.png"]}
+
+
 def test_split_is_stratified_seeded_and_disjoint(images):
     a = data.scan(images, val_fraction=0.25, seed=1)
     b = data.scan(images, val_fraction=0.25, seed=1)

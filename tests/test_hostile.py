@@ -3,6 +3,7 @@
 property-based fuzzing of the two things job reads from outside: settings and bundle manifests."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -62,6 +63,8 @@ CASES = {
     "a class folder named with a newline": (lambda d: (make_folder(d / "data", classes=2, per_class=4),
                                                        (d / "data" / "evil\nline two").mkdir()),
                                             ["train", "--data", "{d}/data"], EXIT_BAD_INPUT, ["/evil\\nline two' has no images"]),
+    "predict a named pipe": (lambda d: os.mkfifo(d / "pipe.png"), ["predict", "{run}", "{d}/pipe.png"], EXIT_BAD_INPUT,
+                             ["pipe.png' is not a regular file"]),
     "predict a decompression bomb": (lambda d: bomb(d / "bomb.png"), ["predict", "{run}", "{d}/bomb.png"],
                                      EXIT_BAD_INPUT, ["bomb.png", "--skip-bad-images"]),
 }
