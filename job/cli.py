@@ -423,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise  # anything else is a bug: keep the traceback
-        fix = "free space there" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix its permissions"
+        fix = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there",
+               errno.EROFS: "choose a folder on a writable file system"}.get(e.errno, "fix its permissions")
         print(one_line(f"job: error: {e.strerror}: {e.filename or 'a file job writes'}: {fix}, then run again"), file=sys.stderr)
         return EXIT_FAILURE
     finally:

@@ -5,6 +5,7 @@ property-based fuzzing of the two things job reads from outside: settings and bu
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from job import bundle, config
-from job.errors import EXIT_BAD_INPUT, BadInput
+from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput
 from tests.conftest import TINY, assert_error, make_folder, run_job
 
 
@@ -84,6 +85,12 @@ def test_bad_input_is_one_line_an_exit_code_no_traceback_and_nothing_written_els
     assert_error(r, code, *fragments)
     written = {p for p in files_under(tmp_path) - before if "out" not in p.relative_to(tmp_path).parts[:1]}
     assert not written, written
+
+
+def test_an_output_on_a_read_only_file_system_is_one_line_naming_it(trained, images, tmpfs):
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    assert_error(run_job("evaluate", trained, "--data", images, "--output", tmpfs / "ev"), EXIT_FAILURE,
+                 f"{tmpfs}/ev", "choose a folder on a writable file system")
 
 
 def test_a_bundle_whose_manifest_lists_a_path_outside_is_refused(trained, tmp_path, cache):
