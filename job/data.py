@@ -30,7 +30,7 @@ import torch
 from job import cpus
 from job.decode import DIGEST, INTERPOLATIONS, Colour, Decoders, Rows, Unstarted, looks_grey
 from job.errors import BadInput, JobError
-from job.files import write_json
+from job.files import mib, write_json
 from job.progress import say
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -227,12 +227,8 @@ def _relative_to(root: Path) -> Callable[[str], str]:
     return relative
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):,.1f} MiB"
-
-
 def _no_room(folder: Path, need: int, free: int) -> JobError:
-    return JobError(f"the decoded data set needs {_mib(need)} in the cache folder {folder}, which has {_mib(free)} "
+    return JobError(f"the decoded data set needs {mib(need)} in the cache folder {folder}, which has {mib(free)} "
                     "free: free space there, or set JOB_CACHE to a folder on a larger disk")
 
 
@@ -244,8 +240,8 @@ def check_room(folder: Path, need: int) -> None:
         raise _no_room(folder, need, usage.free)
     left = usage.free - need
     if left < max(LOW_DISK_BYTES, LOW_DISK_FRACTION * usage.total):
-        say(f"warning: the decoded data set takes {_mib(need)} of the {_mib(usage.free)} free in the cache folder "
-            f"{folder}, leaving {_mib(left)} of {_mib(usage.total)}: free space there, or set JOB_CACHE to a folder on "
+        say(f"warning: the decoded data set takes {mib(need)} of the {mib(usage.free)} free in the cache folder "
+            f"{folder}, leaving {mib(left)} of {mib(usage.total)}: free space there, or set JOB_CACHE to a folder on "
             "a larger disk")
 
 

@@ -5,6 +5,7 @@ place are tune.py's business."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from job import study
 from job.config import S3Config, SearchConfig, TrainConfig
-from job.errors import BadInput, JobError
+from job.errors import BadInput, JobError, first_line
+from job.files import mib
 from job.progress import say
 from job.storage import Location
 from job.study import JOURNAL
@@ -38,6 +40,19 @@ class Experiment:
 
     def __str__(self) -> str:
         return str(self.where)
+
+    def lost(self, e: BaseException) -> JobError:
+        """The one-line error for a search whose experiment files could not be written or read back here (a full disk:
+        Ray ends each trial that cannot save its results, then fails on the empty files it left). What was saved
+        before is whole: freed, the same command resumes the search."""
+        room = ""
+        if not self.storage.remote:
+            try:
+                room = f", whose disk has {mib(shutil.disk_usage(self.storage.path).free)} free"
+            except OSError:
+                pass
+        return JobError(f"the search could not keep its experiment in {self} ({first_line(e) or type(e).__name__})"
+                        f"{room}: free space there (or fix the storage), then run the same command again to resume")
 
     def check(self, cfg: TrainConfig, search: SearchConfig, restart: bool) -> bool:
         """Before any work: the storage is writable, and an experiment already there is one of job's, started with

@@ -16,6 +16,11 @@ from typing import Any
 _DIGESTS: dict[tuple, str] = {}
 
 
+def mib(n: int) -> str:
+    """A number of bytes as a person reads it in a message: `1,234.5 MiB`."""
+    return f"{n / (1 << 20):,.1f} MiB"
+
+
 def cache_dir() -> Path:
     """Decoded data sets and materialised built-ins: $JOB_CACHE, else $XDG_CACHE_HOME/job, else ~/.cache/job."""
     if os.environ.get("JOB_CACHE"):

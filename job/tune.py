@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -530,7 +531,10 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, objective: Ob
             note(f"new experiment {experiment}: {search_cfg.num_samples} trials, {concurrent} at a time, "
                  f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")
             tuner = _new_tuner(cfg, search_cfg, fn, storage_path, fs, concurrent)
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except (OSError, EOFError, pickle.UnpicklingError) as e:  # trial failures end in the grid: this is the
+            raise experiment.lost(e) from None  # experiment's own files (seen: a full disk left Ray empty ones)
     if stop.requested:
         raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
     cut = LIVE.view.active if search_cfg.time_budget_s else set()  # still running when the budget ran out

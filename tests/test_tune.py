@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # real Ray searches; the fast lane covers tune.py through tests/test_study.py
 
-from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED
 from tests.conftest import RESNET, TINY, assert_error, kill_after_trials_end, kill_session, make_folder, run_job, start_job
 
 # Small real images, a real model at 32 px that learns at some lr and not at others (so ASHA has something to stop):
@@ -132,6 +132,21 @@ def test_interrupt_saves_the_experiment_and_the_same_command_resumes(data, tmp_p
     r = run_job(*args, "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["resumed"] and len(json.loads(r.stdout)["trials"]) == 3
+
+
+def test_a_full_experiment_disk_is_one_line_and_the_same_command_resumes_once_there_is_room(data, tmp_path, tmpfs):
+    """The experiment's disk fills as the trials save their first results: Ray ends each trial, then fails on the
+    empty files it left. One line names the experiment and the fix; with room again, the same command finishes."""
+    subprocess.run(["mount", "-o", "remount,size=64k", str(tmpfs)], check=True)  # the settings fit, no checkpoint does
+    args = ["tune", "--data", str(data), *TINY, "--epochs", "2", "--num-samples", "2", "--set", "max_failures=0",
+            "--storage", str(tmpfs / "ray"), "--output", str(tmp_path / "out")]
+    assert_error(run_job(*args), EXIT_FAILURE, f"could not keep its experiment in {tmpfs}/ray/job-tune",
+                 "free space there", "run the same command again to resume")
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tmpfs)], check=True)
+    r = run_job(*args, "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["resumed"] and [t["status"] for t in result["trials"]] == ["completed"] * 2
 
 
 def test_a_diverging_trial_errors_with_its_reason_and_the_search_goes_on(data, tmp_path):
