@@ -29,7 +29,7 @@ import torch
 
 from job import cpus
 from job.decode import DIGEST, INTERPOLATIONS, Colour, Decoders, Rows, Unstarted, looks_grey
-from job.errors import BadInput, JobError
+from job.errors import BadInput, JobError, first_line
 from job.files import mib, write_json
 from job.progress import say
 
@@ -192,15 +192,39 @@ def prepare(split: Split, root: Path, prep: Preprocessing, cache: Path, workers:
     key = _cache_key(split, root, prep)
     folder = cache / "prepared"
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    if not meta_path.is_file():
+    cached = _open_cached(array_path, meta_path, len(split.files), prep.resize_size)
+    if cached is None:
         folder.mkdir(parents=True, exist_ok=True)
         _sweep(folder)
         _decode_all(split, prep, array_path, meta_path, workers or cpus.available())
-    meta = json.loads(meta_path.read_text())
-    images = np.load(array_path, mmap_mode="r")
-    ok = np.array(meta["ok"], dtype=bool)
+        cached = _open_cached(array_path, meta_path, len(split.files), prep.resize_size)
+        if cached is None:
+            raise JobError(f"the data set decoded into {folder} does not read back: check that disk, or set JOB_CACHE "
+                           "to a folder on another one")
+    images, ok, fingerprint = cached
     bad = tuple(str(split.files[i]) for i in np.flatnonzero(~ok))
-    return Prepared(images, np.array(split.labels, dtype=np.int64), ok, bad, meta["fingerprint"])
+    return Prepared(images, np.array(split.labels, dtype=np.int64), ok, bad, fingerprint)
+
+
+def _open_cached(array_path: Path, meta_path: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """A decoded split from the cache, (rows mapped from disk, ok flags, fingerprint); None where there is none yet,
+    or where its files are damaged (cut short, overwritten, of another shape): the cache is job's own, so that one
+    line is said and the split is decoded again. Its pixels are not hashed again (seconds for a large set)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(array_path, mmap_mode="r")
+        ok, fingerprint = np.array(meta["ok"], dtype=bool), meta["fingerprint"]
+        shape = (n, size, size, images.shape[-1])
+        if images.dtype != np.uint8 or images.shape != shape or shape[-1] not in (1, 3) or ok.shape != (n,) \
+                or not isinstance(fingerprint, str):
+            raise ValueError(f"{images.dtype} {images.shape} and {ok.shape} flags for {n} images of {size} px")
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, IndexError, EOFError) as e:  # JSON, .npy header, mmap, shape, fields
+        say(f"the decoded copy of this data set in {array_path.parent} is damaged ({first_line(e, 120)}): decoding "
+            "it again")
+        return None
+    return images, ok, fingerprint
 
 
 def _cache_key(split: Split, root: Path, prep: Preprocessing) -> str:

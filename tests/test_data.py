@@ -107,9 +107,29 @@ def test_corrupt_images_are_listed_or_skipped(tmp_path, cache):
 def test_decoded_once_then_cached(images, cache, monkeypatch):
     folder = data.scan(images, 0.2, 0)
     first = data.prepare(folder.val, images, PREP, cache, workers=1)
-    monkeypatch.setattr(decode, "load_image", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(data, "_decode_all", lambda *a: pytest.fail("decoded again"))
     again = data.prepare(folder.val, images, PREP, cache, workers=1)
     assert np.array_equal(first.images, again.images) and first.fingerprint == again.fingerprint
+
+
+@pytest.mark.parametrize("damage", ["array cut short", "array of another shape", "metadata cut short", "metadata of another kind"])
+def test_a_damaged_cache_is_said_in_one_line_and_decoded_again(images, tmp_path, capsys, damage):
+    folder = data.scan(images, 0.2, 0)
+    first = data.prepare(folder.val, images, PREP, tmp_path, workers=1)
+    expected, fingerprint = np.array(first.images), first.fingerprint  # a copy: the mapped file is about to change
+    del first
+    array = next((tmp_path / "prepared").glob("*.npy"))
+    meta = array.with_suffix(".json")
+    {"array cut short": lambda: os.truncate(array, array.stat().st_size // 2),
+     "array of another shape": lambda: np.save(array, np.zeros((2, 36, 36, 3), np.uint8)),
+     "metadata cut short": lambda: meta.write_text(meta.read_text()[:20]),
+     "metadata of another kind": lambda: meta.write_text("[]")}[damage]()
+    again = data.prepare(folder.val, images, PREP, tmp_path, workers=1)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "damaged" in line]
+    assert len(lines) == 1 and lines[0].endswith("): decoding it again") and str(tmp_path) in lines[0], lines
+    assert np.array_equal(expected, again.images) and again.fingerprint == fingerprint
+    data.prepare(folder.val, images, PREP, tmp_path, workers=1)  # made whole again: read from the cache, silently
+    assert "damaged" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("interpolation", sorted(decode.INTERPOLATIONS))
