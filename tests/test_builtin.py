@@ -1,0 +1,18 @@
+"""The built-in data set, materialised from Debian's Fashion-MNIST files into the cache (job/builtin.py)."""
+
+from job import builtin
+
+
+def test_a_damaged_built_in_data_set_is_said_in_one_line_and_written_again(tmp_path, capsys):
+    root = builtin.materialise("fashion-mnist", tmp_path, 3, 2)
+    written = {f.relative_to(root): f.read_bytes() for f in root.rglob("*.png")}
+    assert len(written) == 50 and (root / builtin.SIZES).is_file()
+    assert builtin.materialise("fashion-mnist", tmp_path, 3, 2) == root and not capsys.readouterr().err  # as it is
+    cut, gone = sorted(written)[:2]
+    (root / cut).write_bytes(written[cut][:40])
+    (root / gone).unlink()
+    assert builtin.materialise("fashion-mnist", tmp_path, 3, 2) == root
+    assert capsys.readouterr().err == f"the built-in data set in {root} is damaged (1 missing, 1 cut short or changed): " \
+                                      "writing it again\n"
+    assert {f.relative_to(root): f.read_bytes() for f in root.rglob("*.png")} == written
+    assert [p.name for p in tmp_path.joinpath("datasets").iterdir()] == [root.name]  # the damaged copy is gone
