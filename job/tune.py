@@ -39,7 +39,7 @@ from ray.tune.search import Searcher
 
 from job import config, cpus, signals, storage, study, tracking
 from job.config import EPOCH_METRICS, S3Config, SearchConfig, TrainConfig
-from job.errors import BadInput, JobError, redact
+from job.errors import BadInput, JobError, first_line, redact
 from job.experiment import Experiment, Lock, study_source
 from job.files import cache_dir
 from job.progress import Counts, SearchView, say
@@ -526,7 +526,12 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, objective: Ob
     with storage.secrets_out_of_environment(), signals.Stop(on_request=_ask_ray_to_stop, restore=(signal.SIGUSR1,)) as stop:
         if resumed:
             note(f"resuming experiment {experiment}")
-            tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+            try:
+                tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+            except (pickle.UnpicklingError, EOFError, ValueError) as e:  # Ray's tuner.pkl, its JSON state
+                raise BadInput(f"the experiment in {experiment} cannot be resumed: Ray's files there are damaged "
+                               f"({first_line(e) or type(e).__name__}): pass --restart to start it anew (its trials "
+                               "are deleted), or --name for a new one beside it") from None
         else:
             note(f"new experiment {experiment}: {search_cfg.num_samples} trials, {concurrent} at a time, "
                  f"{resources['cpu']} CPU + {resources['gpu']:g} GPU each")

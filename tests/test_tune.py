@@ -105,6 +105,19 @@ def test_a_best_trial_whose_checkpoint_is_gone_is_passed_over(searched, data, tm
     assert manifest["metrics"]["val_acc"] == again["best"]["val_acc"]
 
 
+def test_an_experiment_whose_ray_state_is_damaged_is_one_line_and_restart_starts_it_anew(searched, data, tmp_path):
+    root, _, _ = searched
+    shutil.copytree(root / "ray", tmp_path / "ray")
+    tuner = tmp_path / "ray" / "job-tune" / "tuner.pkl"
+    tuner.write_bytes(tuner.read_bytes()[:100])  # cut short, as by a disk that filled or a copy that stopped
+    args = ["tune", "--data", data, *SEARCH, "--storage", tmp_path / "ray", "--output", tmp_path / "out"]
+    assert_error(run_job(*args), EXIT_BAD_INPUT, f"experiment in {tmp_path}/ray/job-tune cannot be resumed",
+                 "damaged (pickle data was truncated)", "--restart")
+    r = run_job(*args, "--restart", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not json.loads(r.stdout)["resumed"] and len(json.loads(r.stdout)["trials"]) == 6
+
+
 def test_killed_search_resumes_without_rerunning_finished_trials(data, tmp_path):
     """SIGKILL to every process of the search, as when a pod dies, then the same command finishes the search."""
     args = ["tune", "--data", str(data), *SEARCH, "--storage", str(tmp_path / "ray"), "--output", str(tmp_path / "out")]
