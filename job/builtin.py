@@ -81,6 +81,8 @@ def _damage(root: Path) -> str:
     except FileNotFoundError:
         return ""
     except ValueError:
+        sizes = None
+    if not isinstance(sizes, dict):
         return f"{SIZES} cannot be read"
     missing = changed = 0
     for name, size in sizes.items():

@@ -538,8 +538,9 @@ def _run(cfg: TrainConfig, search_cfg: SearchConfig, space: Space, objective: Ob
             tuner = _new_tuner(cfg, search_cfg, fn, storage_path, fs, concurrent)
         try:
             grid = tuner.fit()
-        except (OSError, EOFError, pickle.UnpicklingError) as e:  # trial failures end in the grid: this is the
-            raise experiment.lost(e) from None  # experiment's own files (seen: a full disk left Ray empty ones)
+        except (OSError, EOFError, pickle.UnpicklingError) as e:
+            # a trial's failure ends in the grid; this is the experiment's own files (a full disk left Ray empty ones)
+            raise experiment.lost(e) from None
     if stop.requested:
         raise KeyboardInterrupt  # the experiment state is saved: the same command resumes it
     cut = LIVE.view.active if search_cfg.time_budget_s else set()  # still running when the budget ran out

@@ -16,3 +16,11 @@ def test_a_damaged_built_in_data_set_is_said_in_one_line_and_written_again(tmp_p
                                       "writing it again\n"
     assert {f.relative_to(root): f.read_bytes() for f in root.rglob("*.png")} == written
     assert [p.name for p in tmp_path.joinpath("datasets").iterdir()] == [root.name]  # the damaged copy is gone
+
+
+def test_a_built_in_data_set_whose_sizes_cannot_be_read_is_written_again(tmp_path, capsys):
+    root = builtin.materialise("fashion-mnist", tmp_path, 1, 1)
+    (root / builtin.SIZES).write_text("[]")
+    builtin.materialise("fashion-mnist", tmp_path, 1, 1)
+    assert capsys.readouterr().err.endswith(f"is damaged ({builtin.SIZES} cannot be read): writing it again\n")
+    assert builtin._damage(root) == ""
