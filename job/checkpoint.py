@@ -9,7 +9,7 @@ import torch
 
 from job import signals
 from job.errors import BadInput
-from job.files import write_atomic
+from job.files import missing, write_atomic
 from job.loop import CHECKPOINT_FORMAT
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -28,7 +28,7 @@ def load(path: Path) -> dict:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise BadInput(f"checkpoint '{path}' does not exist: pass --resume with a run folder or its {CHECKPOINT_NAME}")
+        raise BadInput(f"checkpoint '{path}' {missing(path)}: pass --resume with a run folder or its {CHECKPOINT_NAME}")
     return _checked(path, path)
 
 

@@ -25,6 +25,7 @@ import yaml
 
 from job import space as spaces
 from job.errors import BadInput
+from job.files import missing
 
 # The metrics every epoch reports, by the same names everywhere (computed in job/metrics.py; named here, where the
 # search's metric is checked, so that reading settings imports no torch).
@@ -338,7 +339,7 @@ class S3Config(Settings):
 def read_file(path: Path) -> dict[str, Any]:
     """Read a TOML or YAML config file into a flat dict (validated later, by name)."""
     if not path.is_file():
-        raise BadInput(f"config file '{path}' does not exist: pass --config with a .toml or .yaml file")
+        raise BadInput(f"config file '{path}' {missing(path)}: pass --config with a .toml or .yaml file")
     if path.suffix not in (".toml", ".yaml", ".yml"):
         raise BadInput(f"config file '{path}' is neither .toml nor .yaml: rename it with one of those suffixes")
     if path.stat().st_size > MAX_FILE_BYTES:

@@ -16,6 +16,15 @@ from typing import Any
 _DIGESTS: dict[tuple, str] = {}
 
 
+def missing(path: str | Path) -> str:
+    """Why `path` is not a file job can read, for an error line: "does not exist", or what is there instead (a FIFO
+    would wait for a writer and /dev/zero never end, so neither is read)."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file (a pipe or a device)" if path.exists() else "does not exist"
+
+
 def mib(n: int) -> str:
     """A number of bytes as a person reads it in a message: `1,234.5 MiB`."""
     return f"{n / (1 << 20):,.1f} MiB"

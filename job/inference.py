@@ -12,6 +12,7 @@ import torch
 from job import builtin, bundle, data
 from job.decode import BAD_IMAGE, load_image
 from job.errors import BadInput
+from job.files import missing
 from job.loop import evaluate as evaluate_batches, resolve_device
 from job.metrics import per_class
 from job.storage import Location
@@ -115,10 +116,8 @@ def expand(paths: list[str]) -> list[Path]:
             found += [f for f in sorted(p.rglob("*")) if data.is_image(f)]
         elif p.is_file():
             found.append(p)
-        elif p.exists():  # a FIFO, a device, a socket: reading one could wait or run forever
-            raise BadInput(f"'{p}' is not a regular file (a pipe or a device): pass image files or folders of images")
         else:
-            raise BadInput(f"'{p}' does not exist: pass image files or folders of images")
+            raise BadInput(f"'{p}' {missing(p)}: pass image files or folders of images")
     if not found:
         raise BadInput(f"no images ({', '.join(sorted(data.IMAGE_SUFFIXES))}) in {', '.join(paths)}: pass image files or folders of images")
     return found

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from job.errors import BadInput, JobError
-from job.files import sha256
+from job.files import missing, sha256
 
 LITE0 = "efficientnet_lite0"
 TINY = "tiny_cnn"  # a few layers, no pretrained weights: for smoke tests and wiring checks, trains in milliseconds
@@ -145,7 +145,7 @@ def _weights_file(name: str, weights: str) -> Path:
     if is_path(weights):
         path = Path(weights)
         if not path.is_file():
-            raise BadInput(f"weights file '{weights}' does not exist: pass an existing .pth file, DEFAULT or none")
+            raise BadInput(f"weights file '{weights}' {missing(path)}: pass an existing .pth file, DEFAULT or none")
         return path
     if name == LITE0:
         if weights.upper() != "DEFAULT":
