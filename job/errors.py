@@ -32,6 +32,11 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
+def a(noun: str) -> str:
+    """`a str`, `an int`: a type's name in an error line."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def one_line(text: str) -> str:
     """Text for one line of a terminal or a log: a newline, a tab, a carriage return or any other character that
     does not print (in a file or folder name the user's data set has, say) written as its escape, `\\n`, so that a

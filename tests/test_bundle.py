@@ -59,7 +59,7 @@ def test_swapped_weights_that_the_manifest_no_longer_lists_are_refused(copy, cac
 
 @pytest.mark.parametrize("change, fragment", [
     (lambda m: m.pop("classes"), "'classes' is missing"),
-    (lambda m: m.update(num_classes="3"), "'num_classes' is missing or not a int"),
+    (lambda m: m.update(num_classes="3"), "'num_classes' is missing or not an int"),
     (lambda m: m.update(num_classes=5), "3 class names for num_classes 5"),
     (lambda m: m.update(format="other/1"), "format is 'other/1'"),
     (lambda m: m["preprocessing"].pop("mean"), "'preprocessing.mean'"),

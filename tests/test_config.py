@@ -39,7 +39,7 @@ def test_round_trip_through_dict():
         ({"gamma": "0"}, "gamma"),
         ({"epochs": "0"}, "epochs must be between 1 and 10000"),
         ({"batch_size": "1"}, "batch_size must be between 2"),
-        ({"epochs": "two"}, "epochs = 'two' in the command line is not a int"),
+        ({"epochs": "two"}, "epochs = 'two' in the command line is not an int"),
         ({"optimizer": "adam"}, "choose one of sgd, adamw"),
         ({"learning_rate": "0.1"}, "unknown config key 'learning_rate'"),
         ({"mean": "0.5,0.5"}, "give 3 numbers"),
