@@ -18,7 +18,7 @@ import torch
 
 from job import checkpoint
 from job.data import Preprocessing
-from job.errors import BadInput, a
+from job.errors import BadInput, with_article
 from job.files import inside, sha256, write_atomic, write_json
 from job.storage import Location
 
@@ -102,7 +102,7 @@ def check_manifest(manifest: object, where: str) -> dict:
         raise bad(f"format is {manifest.get('format')!r}")
     for key, kind in _SCHEMA.items():
         if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-            raise bad(f"'{key}' is missing or not {a(kind.__name__)}")
+            raise bad(f"'{key}' is missing or not {with_article(kind.__name__)}")
     try:
         Preprocessing.from_dict(manifest["preprocessing"], prefix="preprocessing.")
     except ValueError as e:

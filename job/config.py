@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Mapping
 import yaml
 
 from job import space as spaces
-from job.errors import BadInput, a
+from job.errors import BadInput, with_article
 from job.files import missing
 
 # The metrics every epoch reports, by the same names everywhere (computed in job/metrics.py; named here, where the
@@ -180,7 +180,7 @@ def _coerce_scalar(cls: type, key: str, value: Any, want: type, source: str) -> 
     example = _fields(cls)[key].default
     give = f"e.g. {key} = {json.dumps(_jsonable(example))}" if example is not None else \
         {bool: "true or false", int: "a whole number", float: "a number"}.get(want, "a value")
-    raise BadInput(f"{key} = {_shown(value)} in {source} is not {a(want.__name__)}: give {give}")
+    raise BadInput(f"{key} = {_shown(value)} in {source} is not {with_article(want.__name__)}: give {give}")
 
 
 def _check_choices(c: Settings) -> None:

@@ -32,7 +32,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
-def a(noun: str) -> str:
+def with_article(noun: str) -> str:
     """`a str`, `an int`: a type's name in an error line."""
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
