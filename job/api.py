@@ -112,7 +112,7 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
     or the built-in data set) against the bundle's own model. Returns config.json (with `output` added)."""
     import tempfile
 
-    from job import inference, portable as exporting
+    from job import bundle, inference, portable as exporting
     from job.files import cache_dir
     from job.storage import RUN_FILE, Location
 
@@ -122,6 +122,8 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
         s3 = _settings(S3Config, s3, "s3")
         cache = cache_dir()
         out = Location.parse(output or default_output(f"export-{format}"), s3)
+        out.outside(data)
+        bundle.not_a_bundle(out)
         out.check_writable("output folder" if not out.remote else "output")
         held = next((name for name in (exporting.CONFIG, RUN_FILE) if out.exists(name)), None)
         if held and not overwrite:

@@ -41,6 +41,13 @@ class Info:
     data_fingerprint: str
 
 
+def not_a_bundle(out: Location) -> None:
+    """Refuse a bundle's own folder as the output of an evaluation or an export: their files would mix with the
+    bundle's, which is copied, uploaded and verified as a whole."""
+    if out.exists(MANIFEST):
+        raise BadInput(f"--output '{out}' is a bundle's folder (it holds {MANIFEST}): choose another --output")
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for dist in ("job", "torch", "torchvision", "timm", "ray", "optuna"):

@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -24,6 +25,7 @@ from job import space as spaces
 from job.errors import EXIT_FAILURE, EXIT_OK, BadInput, Interrupted, JobError, one_line
 from job.progress import say
 
+EVALUATION = ("evaluation.json", "confusion.png")  # what `job evaluate` writes, the first last
 # The machine, not job, is at fault: disk full, quota, permissions, read-only file system.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics, per-class table and confusion matrix of a bundle on a labelled folder")
     p.add_argument("bundle", metavar="BUNDLE", help="run folder or bundle folder, local or s3://")
     p.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*), or fashion-mnist")
-    p.add_argument("--output", type=Path, metavar="DIR", help="where to write evaluation.json and confusion.png (default: runs/evaluate-<time>)")
+    p.add_argument("--output", metavar="DIR", help="where to write evaluation.json and confusion.png, local or s3:// (default: runs/evaluate-<time>)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
     p.add_argument("--device", default="auto", metavar="TEXT", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
@@ -315,22 +317,28 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from job import cpus, report
+    from job import bundle, cpus, report
     from job.files import cache_dir, write_json
     from job.storage import Location
 
     cpus.for_compute()
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
+    s3 = resolve_config(args, config.S3Config)
+    out = Location.parse(args.output or api.default_output("evaluate"), s3)  # checked before the work
+    out.outside(args.data)
+    bundle.not_a_bundle(out)
+    out.check_writable("output folder" if not out.remote else "output")
     model = _load(args)
-    data = str(Location.parse(args.data, resolve_config(args, config.S3Config)).pull(cache_dir(), folder=True))
+    data = str(Location.parse(args.data, s3).pull(cache_dir(), folder=True))
     ev = model.evaluate(data, args.batch_size, args.skip_bad_images)
-    output = Path(args.output) if args.output else api.default_output("evaluate")
-    output.mkdir(parents=True, exist_ok=True)
     result = {"bundle": str(args.bundle), "data": args.data, "images": ev.images, "skipped_images": ev.skipped,
               **ev.metrics, "per_class": ev.per_class, "classes": list(ev.classes), "confusion": ev.confusion}
-    write_json(output / "evaluation.json", result)
-    report.plot_confusion(output / "confusion.png", ev.confusion, ev.classes)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="job-evaluate-", dir=cache_dir()) as staged:
+        write_json(Path(staged) / EVALUATION[0], result)
+        report.plot_confusion(Path(staged) / EVALUATION[1], ev.confusion, ev.classes)
+        out.install(Path(staged), last=EVALUATION[0], owned=EVALUATION)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -343,7 +351,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         short = [c[:8] for c in ev.classes]
         print("\nconfusion (rows: true, columns: predicted)")
         print(report.table([[c, *row] for c, row in zip(short, ev.confusion)], ["", *short]))
-        print(f"\nwritten: {output / 'evaluation.json'}, {output / 'confusion.png'}")
+        print(f"\nwritten: {', '.join(str(out.join(name)) for name in EVALUATION)}")
     return 0
 
 

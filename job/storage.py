@@ -544,17 +544,22 @@ class Location:
         """Make this the output of a run: writable, not inside the run's `data` folder (its files would be taken
         for data next time), and holding no other run unless `overwrite`. The run that wrote it (`owner`, e.g. a
         search's experiment) may write it again."""
-        if data and not self.remote and not is_s3(data) and Path(data).expanduser().is_dir():
-            root = Path(data).expanduser().resolve()
-            if self.path.resolve().is_relative_to(root):
-                raise BadInput(f"--output '{self}' is inside the data folder '{data}': its files would become data; "
-                               "choose an output outside it")
+        self.outside(data)
         self.check_writable("output folder" if not self.remote else "output")
         previous = self.read_json(RUN_FILE)
         if previous is None or overwrite or (owner is not None and previous.get("experiment") == owner):
             return
         raise BadInput(f"output '{self}' already holds another run: pass --overwrite to replace it, {hint}"
                        "or choose another --output")
+
+    def outside(self, data: str | None) -> None:
+        """Refuse this as an output inside the local `data` folder: what a command writes there (a model, a plot in
+        PNG) would be taken for data, or for an image of a class, the next time."""
+        if data and not self.remote and not is_s3(data) and Path(data).expanduser().is_dir():
+            root = Path(data).expanduser().resolve()
+            if self.path.resolve().is_relative_to(root):
+                raise BadInput(f"--output '{self}' is inside the data folder '{data}': its files would become data; "
+                               "choose an output outside it")
 
     # --- records --------------------------------------------------------------------------------------------------
 

@@ -64,6 +64,16 @@ CASES = {
     "a class folder named with a newline": (lambda d: (make_folder(d / "data", classes=2, per_class=4),
                                                        (d / "data" / "evil\nline two").mkdir()),
                                             ["train", "--data", "{d}/data"], EXIT_BAD_INPUT, ["/evil\\nline two' has no images"]),
+    "evaluate into a class folder of its data": (
+        lambda d: make_folder(d / "data", classes=3, per_class=4),
+        ["evaluate", "{run}", "--data", "{d}/data", "--output", "{d}/data/class_0"], EXIT_BAD_INPUT,
+        ["data/class_0' is inside the data folder", "its files would become data"]),
+    "export into a class folder of its data": (
+        lambda d: make_folder(d / "data", classes=3, per_class=4),
+        ["export", "{run}", "--format", "onnx", "--data", "{d}/data", "--output", "{d}/data/class_1"], EXIT_BAD_INPUT,
+        ["data/class_1' is inside the data folder"]),
+    "evaluate into the bundle's folder": (None, ["evaluate", "{run}", "--data", "{d}", "--output", "{run}/best"],
+                                          EXIT_BAD_INPUT, ["best' is a bundle's folder (it holds bundle.json)"]),
     "predict a named pipe": (lambda d: os.mkfifo(d / "pipe.png"), ["predict", "{run}", "{d}/pipe.png"], EXIT_BAD_INPUT,
                              ["pipe.png' is not a regular file"]),
     "predict a decompression bomb": (lambda d: bomb(d / "bomb.png"), ["predict", "{run}", "{d}/bomb.png"],

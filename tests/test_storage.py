@@ -116,6 +116,11 @@ def test_train_to_s3_and_evaluate_and_predict_from_s3(s3_server, images, tmp_pat
     r = run_job("evaluate", out, "--data", images, "--output", tmp_path / "ev", "--json", env=s3_server.env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 36
+    r = run_job("evaluate", out, "--data", images, "--output", f"{out}-evaluated", env=s3_server.env)
+    assert r.returncode == 0 and f"written: {out}-evaluated/evaluation.json, {out}-evaluated/confusion.png" in r.stdout
+    client = s3_server.client()
+    evaluated = json.loads(client.get_object(Bucket=bucket, Key="runs/tiny-evaluated/evaluation.json")["Body"].read())
+    assert evaluated["images"] == 36 and client.head_object(Bucket=bucket, Key="runs/tiny-evaluated/confusion.png")
     r = run_job("predict", f"{out}/best", next((images / "class_0").iterdir()), "--json", env=s3_server.env)
     assert r.returncode == 0 and json.loads(r.stdout)[0]["predictions"]
     r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, env=s3_server.env)
