@@ -57,6 +57,7 @@ class Experiment:
     def check(self, cfg: TrainConfig, search: SearchConfig, restart: bool) -> bool:
         """Before any work: the storage is writable, and an experiment already there is one of job's, started with
         the same settings (unless `restart`). True when there is one to resume."""
+        self.storage.outside(cfg.data, "--storage")
         self.storage.check_writable("storage")
         unsafe = self.where.others_may_write()
         if unsafe:  # resuming unpickles Ray's state from here: whoever can write it can run code in this job

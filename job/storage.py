@@ -552,14 +552,14 @@ class Location:
         raise BadInput(f"output '{self}' already holds another run: pass --overwrite to replace it, {hint}"
                        "or choose another --output")
 
-    def outside(self, data: str | None) -> None:
-        """Refuse this as an output inside the local `data` folder: what a command writes there (a model, a plot in
-        PNG) would be taken for data, or for an image of a class, the next time."""
+    def outside(self, data: str | None, flag: str = "--output") -> None:
+        """Refuse this (given as `flag`) inside the local `data` folder: what a command writes there (a model, a plot
+        in PNG, a search's experiment) would be taken for data, a class or an image of one, the next time."""
         if data and not self.remote and not is_s3(data) and Path(data).expanduser().is_dir():
             root = Path(data).expanduser().resolve()
             if self.path.resolve().is_relative_to(root):
-                raise BadInput(f"--output '{self}' is inside the data folder '{data}': its files would become data; "
-                               "choose an output outside it")
+                raise BadInput(f"{flag} '{self}' is inside the data folder '{data}': its files would become data; "
+                               f"choose {flag} outside it")
 
     # --- records --------------------------------------------------------------------------------------------------
 

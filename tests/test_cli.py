@@ -1,6 +1,7 @@
 """The `job` command: what a user types, what they see, and the exit codes. Most tests call the entry point in this
 process (`run_job`); a few run the installed command in a process of its own, for signals and exit codes."""
 
+import errno
 import json
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import torch
 
 from job import checkpoint, model
 from job.builtin import NATIVE_IMAGE_SIZE
-from job.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED
 from tests.conftest import TINY, assert_error, make_folder, run_job, run_job_process, start_job
 
 
@@ -192,6 +193,17 @@ def test_the_installed_command_exits_with_the_documented_codes(images, tmp_path)
     r = run_job_process("train", "--no-such-flag")
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
     assert run_job_process("--version").stdout.startswith("job ")
+
+
+def test_a_read_only_file_system_met_during_a_command_is_one_line_naming_the_file(monkeypatch, capsys):
+    from job import cli
+
+    def read_only(args):
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/run/checkpoint.pt")
+    monkeypatch.setattr(cli, "cmd_models", read_only)
+    assert cli.main(["models"]) == EXIT_FAILURE
+    assert capsys.readouterr().err == "job: error: Read-only file system: /mnt/ro/run/checkpoint.pt: choose a folder " \
+                                      "on a writable file system, then run again\n"
 
 
 def test_usage_errors_exit_2(tmp_path):

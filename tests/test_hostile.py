@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from job import bundle, config
-from job.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput
+from job.errors import EXIT_BAD_INPUT, BadInput
 from tests.conftest import TINY, assert_error, make_folder, run_job
 
 
@@ -72,6 +72,10 @@ CASES = {
         lambda d: make_folder(d / "data", classes=3, per_class=4),
         ["export", "{run}", "--format", "onnx", "--data", "{d}/data", "--output", "{d}/data/class_1"], EXIT_BAD_INPUT,
         ["data/class_1' is inside the data folder"]),
+    "tune with its experiment inside its data": (
+        lambda d: make_folder(d / "data", classes=3, per_class=4),
+        ["tune", "--data", "{d}/data", "--storage", "{d}/data/ray"], EXIT_BAD_INPUT,
+        ["--storage '{d}/data/ray' is inside the data folder", "choose --storage outside it"]),
     "evaluate into the bundle's folder": (None, ["evaluate", "{run}", "--data", "{d}", "--output", "{run}/best"],
                                           EXIT_BAD_INPUT, ["best' is a bundle's folder (it holds bundle.json)"]),
     "predict a named pipe": (lambda d: os.mkfifo(d / "pipe.png"), ["predict", "{run}", "{d}/pipe.png"], EXIT_BAD_INPUT,
@@ -92,15 +96,15 @@ def test_bad_input_is_one_line_an_exit_code_no_traceback_and_nothing_written_els
         args = [args[0], "--data", str(images), *TINY, "--output", str(tmp_path / "out"), *storage, *args[1:]]
     before = files_under(tmp_path)
     r = run_job(*args)
-    assert_error(r, code, *fragments)
+    assert_error(r, code, *(f.format(d=tmp_path, run=trained) for f in fragments))
     written = {p for p in files_under(tmp_path) - before if "out" not in p.relative_to(tmp_path).parts[:1]}
     assert not written, written
 
 
 def test_an_output_on_a_read_only_file_system_is_one_line_naming_it(trained, images, tmpfs):
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
-    assert_error(run_job("evaluate", trained, "--data", images, "--output", tmpfs / "ev"), EXIT_FAILURE,
-                 f"{tmpfs}/ev", "choose a folder on a writable file system")
+    assert_error(run_job("evaluate", trained, "--data", images, "--output", tmpfs / "ev"), EXIT_BAD_INPUT,
+                 f"output folder '{tmpfs}/ev' is not writable (Read-only file system)", "choose a writable location")
 
 
 def test_a_bundle_whose_manifest_lists_a_path_outside_is_refused(trained, tmp_path, cache):
