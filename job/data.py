@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -34,7 +35,7 @@ from job.files import mib, write_json
 from job.progress import say
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-CACHE_VERSION = 1  # bump when the decoded pixels would differ for the same files
+CACHE_VERSION = 2  # bump when the decoded pixels would differ for the same files (2: 16-bit grey PNGs, 2026-12-02)
 DECODE_CHUNK = 4096  # images written between two background fdatasyncs, handed to the decoding threads at a time
 DECODE_BLOCK = 64  # images one thread or decoding process decodes in a row
 PROBE_IMAGES = 512  # images decoded in one thread, then as many in all, to choose how many to use
@@ -296,7 +297,8 @@ def _sweep(folder: Path) -> None:
     """Delete the temporary arrays of runs that were killed while they decoded (SIGKILL, an evicted pod, a lost node:
     each up to the size of a whole decoded split, 11.8 GB for Fashion-MNIST at 224 px, left in a cache that a retry
     then needs room in). A file whose lock can be taken has no live owner: a run holds its lock from before the
-    file has that name until it ends, also when another run shares the cache."""
+    file has that name until it ends, also when another run shares the cache. Then the splits an earlier
+    CACHE_VERSION decoded (their metadata has no "version", or a smaller one): no name this version makes is theirs."""
     for path in [*folder.glob(".tmp-*.npy"), *folder.glob(".new-*.npy")]:
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -310,6 +312,15 @@ def _sweep(folder: Path) -> None:
             pass
         finally:
             os.close(fd)
+    for meta in folder.glob("*.json"):  # splits decoded by an earlier version: their names are never asked for again
+        try:
+            with open(meta, "rb") as f:
+                version = re.match(rb'\{\s*"version": (\d+)', f.read(64))
+        except OSError:  # gone already: another run swept it
+            continue
+        if version is None or int(version.group(1)) < CACHE_VERSION:
+            meta.unlink(missing_ok=True)  # first: an array without its metadata is never taken as decoded
+            meta.with_suffix(".npy").unlink(missing_ok=True)
 
 
 def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: Path, workers: int) -> None:
@@ -327,7 +338,8 @@ def _decode_all(split: Split, prep: Preprocessing, array_path: Path, meta_path: 
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         os.close(lock)
-    write_json(meta_path, {"ok": ok.tolist(), "fingerprint": fingerprint})  # last: the array is complete once it exists
+    write_json(meta_path, {"version": CACHE_VERSION, "ok": ok.tolist(), "fingerprint": fingerprint})  # last: the
+    # array is complete once this exists
 
 
 def _sample(split: Split) -> list[str]:

@@ -32,6 +32,8 @@ BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # 
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 IN_FLIGHT = 2  # blocks handed to each helper ahead: it never waits for the next while its last result travels
 DIGEST = 32  # bytes of one SHA-256
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")  # 16 bits a pixel (a 16-bit grey PNG): kept as its high 8 bits
+GREY = ("L", *WIDE_GREY)
 LONGEST = 4096  # the long side, in pixels of the resized image, up to which an image is resized whole (_resized)
 
 
@@ -56,7 +58,7 @@ def looks_grey(paths: Sequence[str]) -> bool:
     for path in paths:
         try:
             with Image.open(path) as img:
-                if img.mode != "L":
+                if img.mode not in GREY:
                     return False
                 seen = True
         except BAD_IMAGE:
@@ -76,6 +78,8 @@ def _resized(data: bytes, size: int, interpolation: str) -> Image.Image:
         if img.width * img.height > Image.MAX_IMAGE_PIXELS:  # before decoding: a decompression bomb never reaches memory
             raise ValueError(f"{img.width}x{img.height} pixels is more than {Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
         img.load()  # decode fully now: a truncated file fails here, not mid-training
+        if img.mode in WIDE_GREY:  # PIL's own conversion to 8 bits clips at 255: a 16-bit image came out white
+            img = Image.fromarray((np.asarray(img).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8), "L")
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             img = Image.new("RGB", rgba.size, (255, 255, 255))

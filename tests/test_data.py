@@ -1,4 +1,5 @@
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -153,6 +154,34 @@ def test_a_grey_image_resized_in_one_band_has_the_pixels_of_its_rgb_copy(interpo
                 one_band = decode.load_image(as_grey, size, interpolation)
                 assert one_band.shape == (size, size, 3)
                 assert np.array_equal(one_band, decode.load_image(as_rgb, size, interpolation))
+
+
+def test_a_16_bit_grey_png_keeps_its_high_bits_in_one_band(tmp_path):
+    """PIL's own conversion of a 16-bit grey image to 8 bits clips at 255: such a data set trained on white squares."""
+    wide = np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16)
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.roll(wide, 40 * i)).save(root / c / f"{i}.png")
+    assert Image.open(root / "a" / "0.png").mode.startswith("I")
+    split = data._split(data.scan_classes(root), ("a", "b"))
+    prepared = data.prepare(split, root, data.Preprocessing(image_size=40, resize_size=40, mean=(0.5,) * 3,
+                                                             std=(0.5,) * 3, interpolation="nearest"), tmp_path / "c", 1)
+    assert prepared.images.shape == (6, 40, 40, 1)  # grey: one band
+    assert np.array_equal(prepared.images[0, ..., 0], (wide >> 8).astype(np.uint8))
+
+
+def test_splits_decoded_by_an_earlier_version_are_swept_when_one_is_decoded(images, tmp_path):
+    folder = data.scan(images, 0.2, 0)
+    data.prepare(folder.val, images, PREP, tmp_path, workers=1)
+    current = sorted(p.name for p in (tmp_path / "prepared").iterdir())
+    old = tmp_path / "prepared" / "0123456789abcdef01234567"
+    old.with_suffix(".npy").write_bytes(b"old pixels")
+    old.with_suffix(".json").write_text(json.dumps({"ok": [True], "fingerprint": "f"}, indent=2))
+    data.prepare(folder.train, images, PREP, tmp_path, workers=1)  # decoded: the sweep runs
+    left = sorted(p.name for p in (tmp_path / "prepared").iterdir())
+    assert set(current) < set(left) and not any(name.startswith("0123456789") for name in left)
 
 
 def test_a_long_strip_is_resized_without_being_made_whole():
