@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+LOCK = ".job-lock"  # in a folder a run writes: who writes it now (an flock, released however that process ends)
 
 
 # SHA-256s this process computed or verified while it wrote the file, by the file's identity: a bundle's weights are
@@ -23,6 +29,33 @@ def missing(path: str | Path) -> str:
     if path.is_dir():
         return "is a folder, not a file"
     return "is not a regular file (a pipe or a device)" if path.exists() else "does not exist"
+
+
+@contextlib.contextmanager
+def hold(folder: Path, what: str) -> Iterator[None]:
+    """This process alone writes `folder` (a run's folder, or its staging) for the block: a second job given the same
+    --output is refused by name instead of mixing its files with this one's. A file system without locks (rare)
+    goes without."""
+    from job.errors import BadInput
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise BadInput(f"{what} is being written by another job ({holder}): wait for it to end, or choose another "
+                           "--output") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def mib(n: int) -> str:

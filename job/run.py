@@ -18,7 +18,7 @@ import torch
 from job import builtin, bundle, checkpoint, data, model, report, results, tracking
 from job.config import S3Config, TrainConfig
 from job.errors import BadInput
-from job.files import cache_dir, write_json
+from job.files import cache_dir, hold, write_json
 from job.loop import BarFactory, Data, Epoch, Fit, resolve_device
 from job.progress import say
 from job.results import Result, run_record
@@ -125,10 +125,22 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, o
     run is published when it has finished."""
     started = time.perf_counter()
     where = Location.parse(output, s3)
+    hint = f"--resume {output} to continue it, " if not where.remote else ""
     if resume is None:
-        where.claim(overwrite, hint=f"--resume {output} to continue it, " if not where.remote else "", data=cfg.data)
+        where.claim(overwrite, hint=hint, data=cfg.data)
     cache = cache_dir()
     staged = where.stage(cache)
+    with hold(staged, f"output '{where}'"):
+        if resume is None and not where.remote:
+            where.claim(overwrite, hint=hint, data=cfg.data)  # again: a run that held it a moment ago may have ended
+        return _train(cfg, where, staged, cache, resume, overwrite, bar, on_epoch, s3, started)
+
+
+def _train(cfg: TrainConfig, where: Location, staged: Path, cache: Path, resume: dict | None, overwrite: bool,
+           bar: BarFactory | None, on_epoch: Callable[[Epoch], None] | None, s3: S3Config | None,
+           started: float) -> Result:
+    """`train`'s work, once this process alone writes the run's folder."""
+    output = str(where)
     s = setup(cfg, cache, bar, s3)
     if resume is None and (overwrite or where.remote):
         results.clear(staged)

@@ -41,7 +41,7 @@ from job import config, cpus, signals, storage, study, tracking
 from job.config import EPOCH_METRICS, S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError, first_line, redact
 from job.experiment import Experiment, Lock, study_source
-from job.files import cache_dir
+from job.files import cache_dir, hold
 from job.progress import Counts, SearchView, say
 from job.storage import Location
 from job.space import Dimension
@@ -469,13 +469,17 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
         from job.results import Result
 
         staged = out.stage(cache)
-        if overwrite or restart or out.remote:
-            results.clear(staged)  # an earlier run's files never mix with this one's
-        importances, where = LIVE.study.importances(), LIVE.study.where
-        shown = redact(where) if isinstance(where, str) else str(where)
-        metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment), importances, shown)
-        out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
-        published = staged / bundle.BEST_DIR
+        with hold(staged, f"output '{out}'"):
+            if not out.remote:  # again: another job may have written a run there while this one searched
+                out.claim(overwrite or restart, owner=str(experiment), data=cfg.data)
+            if overwrite or restart or out.remote:
+                results.clear(staged)  # an earlier run's files never mix with this one's
+            importances, where = LIVE.study.importances(), LIVE.study.where
+            shown = redact(where) if isinstance(where, str) else str(where)
+            metrics = results.write_search(staged, state, best, trials, cfg.to_dict(), str(experiment), importances,
+                                           shown)
+            out.publish(staged, last=f"{bundle.BEST_DIR}/{bundle.MANIFEST}", owned=results.RUN_FILES)
+            published = staged / bundle.BEST_DIR
     finally:
         if LIVE.mlflow:
             LIVE.mlflow.close(best if published else None, published)

@@ -250,6 +250,23 @@ def test_help_does_not_import_torch():
     assert "config" in run_job("config").stdout
 
 
+def test_a_second_train_into_the_output_of_one_running_is_refused_by_name(images, tmp_path):
+    """Two runs writing one folder would mix their checkpoints, histories and bundles: the second is refused while
+    the first runs (both had passed the check for a finished run there), and the first finishes whole."""
+    out = tmp_path / "r"
+    first = start_job(["train", "--data", str(images), *TINY, "--epochs", "60", "--output", str(out)],
+                      stdout=subprocess.PIPE)
+    for line in first.stderr:
+        if line.startswith("epoch 1/"):
+            break
+    assert_error(run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, "--overwrite"),
+                 EXIT_BAD_INPUT, f"output '{out}' is being written by another job (process {first.pid} on ",
+                 "wait for it to end, or choose another --output")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert json.loads((out / "run.json").read_text())["status"] == "done" and len(checkpoint.load(out)["history"]) == 60
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_keeps_the_last_checkpoint_and_resume_finishes(images, tmp_path, signum):
