@@ -251,10 +251,10 @@ def test_help_does_not_import_torch():
 
 
 def test_a_second_train_into_the_output_of_one_running_is_refused_by_name(images, tmp_path):
-    """Two runs writing one folder would mix their checkpoints, histories and bundles: the second is refused while
-    the first runs (both had passed the check for a finished run there), and the first finishes whole."""
+    """Two runs writing one folder would mix their checkpoints, histories and bundles: the second (which, like the
+    first, found no finished run there) is refused while the first runs, and writes nothing there."""
     out = tmp_path / "r"
-    first = start_job(["train", "--data", str(images), *TINY, "--epochs", "60", "--output", str(out)],
+    first = start_job(["train", "--data", str(images), *TINY, "--epochs", "10000", "--lr", "0.002", "--output", str(out)],
                       stdout=subprocess.PIPE)
     for line in first.stderr:
         if line.startswith("epoch 1/"):
@@ -262,9 +262,12 @@ def test_a_second_train_into_the_output_of_one_running_is_refused_by_name(images
     assert_error(run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, "--overwrite"),
                  EXIT_BAD_INPUT, f"output '{out}' is being written by another job (process {first.pid} on ",
                  "wait for it to end, or choose another --output")
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
-    assert json.loads((out / "run.json").read_text())["status"] == "done" and len(checkpoint.load(out)["history"]) == 60
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == EXIT_INTERRUPTED, err
+    saved = checkpoint.load(out)
+    assert saved["config"]["lr"] == 0.002 and saved["config"]["epochs"] == 10000  # the first run's, alone
+    assert json.loads((out / "run.json").read_text())["config"]["lr"] == 0.002
 
 
 @pytest.mark.slow
