@@ -122,9 +122,7 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
         s3 = _settings(S3Config, s3, "s3")
         cache = cache_dir()
         out = Location.parse(output or default_output(f"export-{format}"), s3)
-        out.outside(data)
-        bundle.not_a_bundle(out)
-        out.check_writable("output folder" if not out.remote else "output")
+        bundle.check_output(out, data)
         held = next((name for name in (exporting.CONFIG, RUN_FILE) if out.exists(name)), None)
         if held and not overwrite:
             raise BadInput(f"output '{out}' already holds {'an export' if held == exporting.CONFIG else 'a run'}: pass "

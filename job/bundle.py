@@ -41,11 +41,13 @@ class Info:
     data_fingerprint: str
 
 
-def not_a_bundle(out: Location) -> None:
-    """Refuse a bundle's own folder as the output of an evaluation or an export: their files would mix with the
-    bundle's, which is copied, uploaded and verified as a whole."""
+def check_output(out: Location, data: str | None) -> None:
+    """The output of an evaluation or an export, before the work: outside the `data` folder, writable, and not a
+    bundle's own folder (their files would mix with the bundle's, which is copied, uploaded and verified as a whole)."""
+    out.outside(data)
     if out.exists(MANIFEST):
         raise BadInput(f"--output '{out}' is a bundle's folder (it holds {MANIFEST}): choose another --output")
+    out.check_writable()
 
 
 def versions() -> dict[str, str]:

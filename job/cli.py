@@ -326,9 +326,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
     s3 = resolve_config(args, config.S3Config)
     out = Location.parse(args.output or api.default_output("evaluate"), s3)  # checked before the work
-    out.outside(args.data)
-    bundle.not_a_bundle(out)
-    out.check_writable("output folder" if not out.remote else "output")
+    bundle.check_output(out, args.data)
     model = _load(args)
     data = str(Location.parse(args.data, s3).pull(cache_dir(), folder=True))
     ev = model.evaluate(data, args.batch_size, args.skip_bad_images)

@@ -132,7 +132,7 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: dict | None = None, o
     staged = where.stage(cache)
     with hold(staged, f"output '{where}'"):
         if resume is None and not where.remote:
-            where.claim(overwrite, hint=hint, data=cfg.data)  # again: a run that held it a moment ago may have ended
+            where.check_free(overwrite, hint=hint)  # again: a run that held it a moment ago may have ended
         return _train(cfg, where, staged, cache, resume, overwrite, bar, on_epoch, s3, started)
 
 

@@ -508,9 +508,10 @@ class Location:
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
-    def check_writable(self, what: str) -> None:
+    def check_writable(self, what: str | None = None) -> None:
         """Write and delete a probe (file or object) now, so a read-only place, wrong credentials or a missing bucket
-        fail within seconds, before any work."""
+        fail within seconds, before any work. `what` names it in the error (an output by default)."""
+        what = what or ("output" if self.remote else "output folder")
         if self.remote:
             self.store.check_writable(self.url)
             return
@@ -545,7 +546,12 @@ class Location:
         for data next time), and holding no other run unless `overwrite`. The run that wrote it (`owner`, e.g. a
         search's experiment) may write it again."""
         self.outside(data)
-        self.check_writable("output folder" if not self.remote else "output")
+        self.check_writable()
+        self.check_free(overwrite, owner, hint)
+
+    def check_free(self, overwrite: bool, owner: str | None = None, hint: str = "") -> None:
+        """`claim`'s last check alone (holding no other run unless `overwrite` or it is `owner`'s): asked again once
+        this process holds the folder, since a run that held it a moment ago may have ended."""
         previous = self.read_json(RUN_FILE)
         if previous is None or overwrite or (owner is not None and previous.get("experiment") == owner):
             return

@@ -471,7 +471,7 @@ def search(cfg: TrainConfig, search_cfg: SearchConfig, output: str | Path, *, re
         staged = out.stage(cache)
         with hold(staged, f"output '{out}'"):
             if not out.remote:  # again: another job may have written a run there while this one searched
-                out.claim(overwrite or restart, owner=str(experiment), data=cfg.data)
+                out.check_free(overwrite or restart, owner=str(experiment))
             if overwrite or restart or out.remote:
                 results.clear(staged)  # an earlier run's files never mix with this one's
             importances, where = LIVE.study.importances(), LIVE.study.where
