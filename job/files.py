@@ -64,10 +64,17 @@ def mib(n: int) -> str:
 
 
 def cache_dir() -> Path:
-    """Decoded data sets and materialised built-ins: $JOB_CACHE, else $XDG_CACHE_HOME/job, else ~/.cache/job."""
-    if os.environ.get("JOB_CACHE"):
-        return Path(os.environ["JOB_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "job"
+    """Decoded data sets and materialised built-ins: $JOB_CACHE, else $XDG_CACHE_HOME/job, else ~/.cache/job; made
+    here if missing, so a file or an unwritable parent in its place is one error naming the setting."""
+    from job.errors import BadInput
+
+    path = Path(os.environ.get("JOB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "job")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "is a file, not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR) else f"cannot be made ({e.strerror})"
+        raise BadInput(f"cache folder '{path}' {why}: set JOB_CACHE to a writable folder") from None
+    return path
 
 
 def _identity(path: Path) -> tuple:

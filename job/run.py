@@ -84,10 +84,6 @@ class RunData:
 
 def prepare_data(cfg: TrainConfig, cache: Path, s3: S3Config | None = None) -> RunData:
     """The data of a run, scanned, checked and decoded once into `cache`; all bad data is found here."""
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"cache folder '{cache}' is not writable ({e.strerror}): set JOB_CACHE to a writable folder") from None
     folder = data.scan(data_root(cfg, cache, s3), cfg.val_fraction, cfg.seed)
     prep = preprocessing(cfg)
     train, val = (data.prepare(s, folder.root, prep, cache, cfg.workers) for s in (folder.train, folder.val))

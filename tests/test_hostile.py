@@ -107,6 +107,17 @@ def test_an_output_on_a_read_only_file_system_is_one_line_naming_it(trained, ima
                  f"output folder '{tmpfs}/ev' is not writable (Read-only file system)", "choose a writable location")
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate", "export"])
+def test_a_cache_setting_that_names_a_file_is_one_line_naming_it(command, trained, images, tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    args = {"train": ["train", "--data", images, *TINY, "--output", tmp_path / "out"],
+            "evaluate": ["evaluate", trained, "--data", images, "--output", tmp_path / "out"],
+            "export": ["export", trained, "--format", "onnx", "--data", images, "--output", tmp_path / "out"]}[command]
+    assert_error(run_job(*args, env={"JOB_CACHE": str(tmp_path / "cache")}), EXIT_BAD_INPUT,
+                 f"cache folder '{tmp_path}/cache' is a file, not a folder: set JOB_CACHE to a writable folder")
+    assert (tmp_path / "cache").read_text() == "not a folder"
+
+
 def test_a_bundle_whose_manifest_lists_a_path_outside_is_refused(trained, tmp_path, cache):
     copy = tmp_path / "b"
     shutil.copytree(trained / "best", copy)
