@@ -15,7 +15,7 @@ from pathlib import Path
 from job import study
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput, JobError, first_line
-from job.files import mib
+from job.files import make_folder, mib, unmake
 from job.progress import say
 from job.storage import Location
 from job.study import JOURNAL
@@ -144,6 +144,7 @@ class Lock:
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        self.made: list[Path] = []
 
     def _record(self) -> dict:
         return self.me | {"expires": time.time() + LEASE_S}
@@ -166,6 +167,7 @@ class Lock:
             return {}
 
     def acquire(self) -> None:
+        self.made = [] if self.where.remote else make_folder(self.where.path)  # removed on release if still empty
         seen = None
         while not self.where.create_json(self.name, self._record()):
             holder = self._read()
@@ -205,6 +207,7 @@ class Lock:
             self._renewer.join()
         if (self._read() or {}).get("token") == self.me["token"]:
             self.where.join(self.name).delete()
+            unmake(self.made)  # a search that failed before its first trial leaves no folder
 
     def __enter__(self) -> Lock:
         self.acquire()

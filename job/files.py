@@ -31,15 +31,34 @@ def missing(path: str | Path) -> str:
     return "is not a regular file (a pipe or a device)" if path.exists() else "does not exist"
 
 
+def make_folder(folder: Path) -> list[Path]:
+    """mkdir -p, returning the folders it made, deepest first (for `unmake`)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def unmake(made: list[Path]) -> None:
+    """Remove the folders `make_folder` made, those still empty: a command that fails leaves no folder behind."""
+    for p in made:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def hold(folder: Path, what: str) -> Iterator[None]:
     """This process alone writes `folder` (a run's folder, or its staging) for the block: a second job given the same
     --output is refused by name instead of mixing its files with this one's. A file system without locks (rare)
-    goes without."""
+    goes without. A block that wrote nothing there leaves nothing: the lock is removed while still held, and the
+    folders made for it."""
     from job.errors import BadInput
 
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    made = make_folder(folder)
+    path = folder / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    locked = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -51,10 +70,19 @@ def hold(folder: Path, what: str) -> Iterator[None]:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
         else:
+            # a holder that ended removed the file under its lock: a lock won on that removed file holds nothing
+            if not (os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))):
+                raise BadInput(f"{what} was being written by another job a moment ago: run again, or choose another "
+                               "--output")
+            locked = True
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            if locked and os.listdir(folder) == [LOCK]:
+                path.unlink()
+                unmake(made)
         os.close(fd)
 
 

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from job.config import S3Config
 from job.errors import BadInput, JobError
-from job.files import inside, remember_sha256, sha256, write_atomic, write_json
+from job.files import inside, make_folder, remember_sha256, sha256, unmake, write_atomic, write_json
 
 SCHEME = "s3://"
 PROBE = ".job-write-probe"
@@ -518,10 +518,11 @@ class Location:
         if self.path.exists() and not self.path.is_dir():
             raise BadInput(f"{what} '{self.path}' is a file: pass a folder")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            made = make_folder(self.path)
             probe = self.path / PROBE
             probe.write_bytes(b"")
             probe.unlink()
+            unmake(made)  # made again when the work writes there: a command that fails before leaves no folder
         except OSError as e:
             raise BadInput(f"{what} '{self.path}' is not writable ({e.strerror}): choose a writable location") from None
 
@@ -639,14 +640,11 @@ class Location:
     # --- moving runs and data -------------------------------------------------------------------------------------
 
     def stage(self, cache: Path) -> Path:
-        """The local folder a run is written into: this folder, or for s3:// a folder in the cache that `publish`
-        uploads when the run has finished."""
+        """The local folder a run is written into (made by `files.hold`): this folder, or for s3:// a folder in the
+        cache that `publish` uploads when the run has finished."""
         if not self.remote:
-            self.path.mkdir(parents=True, exist_ok=True)
             return self.path
-        folder = cache / "staging" / hashlib.sha256(str(self).encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return cache / "staging" / hashlib.sha256(str(self).encode()).hexdigest()[:16]
 
     def publish(self, staged: Path, last: str, owned: tuple[str, ...] = ()) -> None:
         """Make a finished run in `staged` visible here; `last` (a manifest) becomes visible after every other file.

@@ -118,6 +118,21 @@ def test_a_cache_setting_that_names_a_file_is_one_line_naming_it(command, traine
     assert (tmp_path / "cache").read_text() == "not a folder"
 
 
+def test_a_command_that_fails_leaves_no_folder_behind(trained, tmp_path):
+    """Outputs, a search's storage and the default runs/ folder are made for the work: a command refused before it
+    wrote anything there leaves none of them (a folder that was there stays, without a lock file)."""
+    bad = make_folder(tmp_path / "data", classes=1, per_class=4)  # one class: refused after the output's checks
+    (tmp_path / "kept").mkdir()
+    before = files_under(tmp_path)
+    for args in (["train", "--data", bad, *TINY, "--output", tmp_path / "new" / "run"],
+                 ["train", "--data", bad, *TINY, "--output", tmp_path / "kept"],
+                 ["train", "--data", bad, *TINY],
+                 ["evaluate", trained, "--data", bad],
+                 ["tune", "--data", bad, *TINY, "--output", tmp_path / "t" / "out", "--storage", tmp_path / "t" / "ray"]):
+        assert_error(run_job(*args, cwd=tmp_path), EXIT_BAD_INPUT, "only one class ('class_0')")
+    assert files_under(tmp_path) == before
+
+
 def test_a_bundle_whose_manifest_lists_a_path_outside_is_refused(trained, tmp_path, cache):
     copy = tmp_path / "b"
     shutil.copytree(trained / "best", copy)
