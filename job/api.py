@@ -11,7 +11,7 @@ import contextlib
 import datetime
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from job.config import S3Config, SearchConfig, TrainConfig
 from job.errors import BadInput
@@ -43,8 +43,20 @@ def _as_found():
             os.environ.update(saved)
 
 
-def default_output(kind: str) -> Path:
-    return Path("runs") / f"{kind}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+@contextlib.contextmanager
+def output_or_default(output: str | Path | None, kind: str) -> Iterator[str | Path]:
+    """`output`, or a new folder runs/<kind>-<time> (-2, -3, ... when a job started in the same second took that
+    name: jobs started together each get their own), removed again if the block leaves it empty (a refused run)."""
+    if output:
+        yield output
+        return
+    from job.files import new_folder, unmake
+
+    made = new_folder(Path("runs") / f"{kind}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    try:
+        yield made[0]
+    finally:
+        unmake(made)
 
 
 def train(config: TrainConfig | Mapping | None = None, output: str | Path | None = None, *,
@@ -74,9 +86,8 @@ def _train(config, output, overwrite: bool, resume, s3: S3Config, on_epoch, bar)
             raise BadInput(f"resume cannot change {', '.join(refused)}: only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
         config = TrainConfig.from_dict(run.as_trained(state["config"] | changes, state), "the checkpoint")
     cfg = _settings(TrainConfig, config, "config")
-    with signals.Stop():
-        return run.train(cfg, output or default_output("train"), resume=state, overwrite=overwrite, bar=bar,
-                         on_epoch=on_epoch, s3=s3)
+    with signals.Stop(), output_or_default(output, "train") as output:
+        return run.train(cfg, output, resume=state, overwrite=overwrite, bar=bar, on_epoch=on_epoch, s3=s3)
 
 
 def tune(config: TrainConfig | Mapping | None = None, search: SearchConfig | Mapping | None = None,
@@ -118,10 +129,10 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
 
     if format not in exporting.FORMATS:
         raise BadInput(f"format {format!r} is not known: choose one of {', '.join(exporting.FORMATS)}")
-    with _as_found():
+    with _as_found(), output_or_default(output, f"export-{format}") as output:
         s3 = _settings(S3Config, s3, "s3")
         cache = cache_dir()
-        out = Location.parse(output or default_output(f"export-{format}"), s3)
+        out = Location.parse(output, s3)
         bundle.check_output(out, data)
         held = next((name for name in (exporting.CONFIG, RUN_FILE) if out.exists(name)), None)
         if held and not overwrite:
@@ -131,7 +142,6 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
         root = inference.eval_root(data, model, cache) if data in inference.builtin.NAMES else \
             Location.parse(data, s3).pull(cache, folder=True)
         images = exporting.check_images(model, inference.expand([str(root)]))
-        cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="job-export-", dir=cache) as staged:
             config = exporting.export(model, format, Path(staged), images, str(path))
             out.install(Path(staged), last=exporting.CONFIG, owned=exporting.EXPORT_FILES)

@@ -239,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         output = folder
     else:
         cfg = resolve_config(args)
-        output = args.output or api.default_output("train")
+        output = args.output
     if args.print_config:
         _print_config(cfg)
         _print_config(s3, config.S3Config.SECTION)
@@ -252,7 +252,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             say(_epoch_line(e.epoch, cfg.epochs, e.metrics))
 
     try:
-        result = api.train(cfg, output, overwrite=args.overwrite, resume=args.resume, s3=s3, on_epoch=on_epoch, bar=bar)
+        with api.output_or_default(output, "train") as output:
+            result = api.train(cfg, output, overwrite=args.overwrite, resume=args.resume, s3=s3, on_epoch=on_epoch,
+                               bar=bar)
     except KeyboardInterrupt:
         if not storage.is_s3(str(output)) and (Path(output) / checkpoint.CHECKPOINT_NAME).is_file():
             raise Interrupted(f"interrupted: the last finished epoch is saved in {output}; "
@@ -325,18 +327,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size} must be >= 1")
     s3 = resolve_config(args, config.S3Config)
-    out = Location.parse(args.output or api.default_output("evaluate"), s3)  # checked before the work
-    bundle.check_output(out, args.data)
-    model = _load(args)
-    data = str(Location.parse(args.data, s3).pull(cache_dir(), folder=True))
-    ev = model.evaluate(data, args.batch_size, args.skip_bad_images)
-    result = {"bundle": str(args.bundle), "data": args.data, "images": ev.images, "skipped_images": ev.skipped,
-              **ev.metrics, "per_class": ev.per_class, "classes": list(ev.classes), "confusion": ev.confusion}
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="job-evaluate-", dir=cache_dir()) as staged:
-        write_json(Path(staged) / EVALUATION[0], result)
-        report.plot_confusion(Path(staged) / EVALUATION[1], ev.confusion, ev.classes)
-        out.install(Path(staged), last=EVALUATION[0], owned=EVALUATION)
+    with api.output_or_default(args.output, "evaluate") as output:
+        out = Location.parse(output, s3)  # checked before the work
+        bundle.check_output(out, args.data)
+        model = _load(args)
+        data = str(Location.parse(args.data, s3).pull(cache_dir(), folder=True))
+        ev = model.evaluate(data, args.batch_size, args.skip_bad_images)
+        result = {"bundle": str(args.bundle), "data": args.data, "images": ev.images, "skipped_images": ev.skipped,
+                  **ev.metrics, "per_class": ev.per_class, "classes": list(ev.classes), "confusion": ev.confusion}
+        with tempfile.TemporaryDirectory(prefix="job-evaluate-", dir=cache_dir()) as staged:
+            write_json(Path(staged) / EVALUATION[0], result)
+            report.plot_confusion(Path(staged) / EVALUATION[1], ev.confusion, ev.classes)
+            out.install(Path(staged), last=EVALUATION[0], owned=EVALUATION)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

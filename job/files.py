@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -36,6 +37,19 @@ def make_folder(folder: Path) -> list[Path]:
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     return made
+
+
+def new_folder(base: Path) -> list[Path]:
+    """A folder of this process's own: `base`, else `base`-2, -3, ... (each an exclusive mkdir, so that processes
+    started in the same second never share one). Returns the folders made, deepest first (for `unmake`)."""
+    made = make_folder(base.parent)
+    for n in itertools.count(1):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return [path, *made]
 
 
 def unmake(made: list[Path]) -> None:

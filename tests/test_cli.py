@@ -339,3 +339,16 @@ def test_help_and_train_never_import_ray():
     code = ("import sys, job, job.api, job.cli, job.run; job.cli.build_parser(); "
             "assert 'ray' not in sys.modules and 'optuna' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_jobs_started_together_without_an_output_each_get_their_own_folder(images, tmp_path):
+    """Three `job train` started in the same second (a shell loop with &): runs/train-<time>, -2 and -3, each a
+    whole run, none refused as another job's output."""
+    procs = [start_job(["train", "--data", images, *TINY, "--epochs", "1", "--quiet", "--seed", str(seed)], cwd=tmp_path)
+             for seed in range(3)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 3 and all((r / "best" / "bundle.json").is_file() for r in runs), runs
+    seeds = {json.loads((r / "run.json").read_text())["config"]["seed"] for r in runs}
+    assert seeds == {0, 1, 2}

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from job.errors import BadInput
-from job.files import LOCK, hold, inside, write_atomic, write_json
+from job.files import LOCK, hold, inside, new_folder, unmake, write_atomic, write_json
 
 
 def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -61,3 +61,12 @@ def test_a_lock_won_on_a_lock_file_its_holder_removed_is_refused(tmp_path, monke
     with pytest.raises(BadInput, match="output was being written by another job a moment ago: run again"):
         with hold(tmp_path / "run", "output"):
             pass
+
+
+def test_a_new_folder_is_never_one_another_process_took(tmp_path):
+    first, second = new_folder(tmp_path / "runs" / "train-1"), new_folder(tmp_path / "runs" / "train-1")
+    assert first == [tmp_path / "runs" / "train-1", tmp_path / "runs"] and second == [tmp_path / "runs" / "train-1-2"]
+    (second[0] / "run.json").write_text("{}")
+    unmake(second)
+    unmake(first)
+    assert os.listdir(tmp_path / "runs") == ["train-1-2"]  # only the empty folders go
