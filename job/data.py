@@ -112,7 +112,12 @@ def _images(folder: Path) -> list[str]:
     Path.rglob, is_file and relative_to, and under a second this way."""
     found, todo = [], [os.fspath(folder)]
     while todo:
-        with os.scandir(todo.pop()) as entries:
+        below = todo.pop()
+        try:
+            entries = os.scandir(below)
+        except FileNotFoundError:
+            raise _went_away(below) from None
+        with entries:
             for e in entries:
                 if e.name.startswith("."):
                     continue
@@ -236,10 +241,18 @@ def _cache_key(split: Split, root: Path, prep: Preprocessing) -> str:
     h = hashlib.sha256(f"{head}, [".encode())
     relative, quote = _relative_to(root), json.encoder.encode_basestring_ascii  # json.dumps's own quoting of a str
     for i, f in enumerate(split.files):
-        s = os.stat(f)
+        try:
+            s = os.stat(f)
+        except FileNotFoundError:
+            raise _went_away(f) from None
         h.update(f"{', ' if i else ''}[{quote(relative(f))}, {s.st_size}, {s.st_mtime_ns}]".encode())
     h.update(f"], {json.dumps(list(split.labels))}]".encode())
     return h.hexdigest()[:24]
+
+
+def _went_away(path: str) -> BadInput:
+    return BadInput(f"'{path}' went away while job read the data set: leave the data unchanged while a run prepares "
+                    "it, then run again")
 
 
 def _relative_to(root: Path) -> Callable[[str], str]:

@@ -475,3 +475,22 @@ def test_the_scan_finds_the_files_rglob_finds_in_the_same_order(tmp_path):
     expected = sorted(p for p in root.rglob("*") if data.is_image(p)
                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
     assert data._images(root) == [str(p) for p in expected] and len(expected) == 10
+
+
+def test_a_file_or_folder_that_goes_away_while_the_data_is_read_is_one_error_naming_it(tmp_path, cache, monkeypatch):
+    root = make_folder(tmp_path / "data", classes=2, per_class=4)
+    folder = data.scan(root, val_fraction=0.25, seed=0)
+    gone = folder.train.files[1]
+    os.unlink(gone)  # after the scan, before the cache's key is made
+    with pytest.raises(BadInput, match=f"^'{gone}' went away while job read the data set: leave the data unchanged"):
+        data.prepare(folder.train, folder.root, PREP, cache, workers=1)
+    real_scandir = os.scandir
+
+    def class_folder_removed(path):  # a class folder deleted between listing the classes and reading it
+        if os.fspath(path).endswith("class_1"):
+            raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+        return real_scandir(path)
+
+    with monkeypatch.context() as m, pytest.raises(BadInput, match="class_1' went away while job read the data set"):
+        m.setattr(os, "scandir", class_folder_removed)
+        data.scan(root, val_fraction=0.25, seed=0)
