@@ -125,7 +125,7 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
 
     from job import bundle, inference, portable as exporting
     from job.files import cache_dir
-    from job.storage import RUN_FILE, Location
+    from job.storage import RUN_FILE, Location, naming
 
     if format not in exporting.FORMATS:
         raise BadInput(f"format {format!r} is not known: choose one of {', '.join(exporting.FORMATS)}")
@@ -141,7 +141,8 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
         model = inference.load(Location.parse(path, s3), cache, "cpu")
         root = inference.eval_root(data, model, cache) if data in inference.builtin.NAMES else \
             Location.parse(data, s3).pull(cache, folder=True)
-        images = exporting.check_images(model, inference.expand([str(root)]))
+        with naming(root, data):
+            images = exporting.check_images(model, inference.expand([str(root)]))
         with tempfile.TemporaryDirectory(prefix="job-export-", dir=cache) as staged:
             config = exporting.export(model, format, Path(staged), images, str(path))
             out.install(Path(staged), last=exporting.CONFIG, owned=exporting.EXPORT_FILES)

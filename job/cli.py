@@ -321,7 +321,7 @@ def _load(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from job import bundle, cpus, report
     from job.files import cache_dir, write_json
-    from job.storage import Location
+    from job.storage import Location, naming
 
     cpus.for_compute()
     if args.batch_size < 1:
@@ -331,8 +331,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out = Location.parse(output, s3)  # checked before the work
         bundle.check_output(out, args.data)
         model = _load(args)
-        data = str(Location.parse(args.data, s3).pull(cache_dir(), folder=True))
-        ev = model.evaluate(data, args.batch_size, args.skip_bad_images)
+        data = Location.parse(args.data, s3).pull(cache_dir(), folder=True)
+        with naming(data, args.data):
+            ev = model.evaluate(str(data), args.batch_size, args.skip_bad_images)
         result = {"bundle": str(args.bundle), "data": args.data, "images": ev.images, "skipped_images": ev.skipped,
                   **ev.metrics, "per_class": ev.per_class, "classes": list(ev.classes), "confusion": ev.confusion}
         with tempfile.TemporaryDirectory(prefix="job-evaluate-", dir=cache_dir()) as staged:

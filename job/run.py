@@ -22,7 +22,7 @@ from job.files import cache_dir, hold, write_json
 from job.loop import BarFactory, Data, Epoch, Fit, resolve_device
 from job.progress import say
 from job.results import Result, run_record
-from job.storage import RUN_FILE, Location, is_s3
+from job.storage import RUN_FILE, Location, is_s3, naming
 
 
 def preprocessing(cfg: TrainConfig) -> data.Preprocessing:
@@ -84,10 +84,12 @@ class RunData:
 
 def prepare_data(cfg: TrainConfig, cache: Path, s3: S3Config | None = None) -> RunData:
     """The data of a run, scanned, checked and decoded once into `cache`; all bad data is found here."""
-    folder = data.scan(data_root(cfg, cache, s3), cfg.val_fraction, cfg.seed)
-    prep = preprocessing(cfg)
-    train, val = (data.prepare(s, folder.root, prep, cache, cfg.workers) for s in (folder.train, folder.val))
-    skipped = data.check_bad(train.bad + val.bad, cfg.skip_bad_images)
+    root = data_root(cfg, cache, s3)
+    with naming(root, cfg.data):
+        folder = data.scan(root, cfg.val_fraction, cfg.seed)
+        prep = preprocessing(cfg)
+        train, val = (data.prepare(s, folder.root, prep, cache, cfg.workers) for s in (folder.train, folder.val))
+        skipped = data.check_bad(train.bad + val.bad, cfg.skip_bad_images)
     for name, split in (("train", train), ("val", val)):
         present = set(split.labels[split.ok].tolist())
         if len(present) < len(folder.classes):

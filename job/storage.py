@@ -23,6 +23,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 from job.config import S3Config
@@ -35,6 +36,18 @@ MIRROR_THREADS = 16  # objects fetched at once when a data set is mirrored
 UPLOAD_THREADS = 8  # files of a run uploaded at once
 ONE_REQUEST = 32 << 20  # bytes: an object up to this size moves in one request, a larger one in parallel parts
 PART = 16 << 20  # bytes: the size of those parts
+
+
+@contextlib.contextmanager
+def naming(local: Path, given: str) -> Iterator[None]:
+    """An error about `local`, the cache's copy of the s3:// location `given`, names `given` instead: the user gave
+    that, not the cache's path."""
+    try:
+        yield
+    except JobError as e:
+        if is_s3(given) and e.args and isinstance(e.args[0], str):
+            e.args = (e.args[0].replace(str(local), given.rstrip("/")),)
+        raise
 
 
 def is_s3(location: str | os.PathLike | None) -> bool:

@@ -149,6 +149,13 @@ def test_data_set_synced_from_s3_then_not_fetched_again(s3_server, s3_env, image
     r = run_job("train", "--data", f"s3://{bucket}/datasets/shapes/", *TINY, "--weights", f"s3://{bucket}/weights/tiny.pth",
                 "--epochs", "1", "--output", tmp_path / "o", "--json", env=s3_server.env)
     assert r.returncode == 0, r.stderr
+    # a bad object in the data set is named by its s3:// location, not by the cache's copy of it
+    client.put_object(Bucket=bucket, Key="datasets/shapes/class_2/broken.png", Body=b"not a png")
+    for args in (["train", "--data", f"s3://{bucket}/datasets/shapes/", *TINY, "--output", tmp_path / "o2"],
+                 ["evaluate", tmp_path / "o", "--data", f"s3://{bucket}/datasets/shapes", "--output", tmp_path / "e"]):
+        r = run_job(*args, env=s3_server.env)
+        assert_error(r, EXIT_BAD_INPUT, f"1 unreadable image(s): s3://{bucket}/datasets/shapes/class_2/broken.png")
+        assert os.environ["JOB_CACHE"] not in r.stderr
 
 
 def test_tune_on_s3_survives_losing_the_machine(s3_server, images, short_tmp):
