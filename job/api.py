@@ -113,7 +113,8 @@ def load(path: str | Path, device: str = "auto", s3: S3Config | Mapping | None =
     from job.storage import Location
 
     with _as_found():
-        return inference.load(Location.parse(path, _settings(S3Config, s3, "s3")), cache_dir(), device)
+        s3 = _settings(S3Config, s3, "s3")
+        return inference.load(Location.parse(path, s3), cache_dir(), device, s3)
 
 
 def export(path: str | Path, format: str = "onnx", output: str | Path | None = None, *, data: str = "fashion-mnist",

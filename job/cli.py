@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k labels with probabilities for image files or folders")
     p.add_argument("bundle", metavar="BUNDLE", help="run folder or bundle folder, local or s3://")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders, local or s3://")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="labels per image (default 3)")
     p.add_argument("--device", default="auto", metavar="TEXT", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
@@ -321,7 +321,7 @@ def _load(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from job import bundle, cpus, report
     from job.files import cache_dir, write_json
-    from job.storage import Location, naming
+    from job.storage import Location
 
     cpus.for_compute()
     if args.batch_size < 1:
@@ -331,9 +331,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out = Location.parse(output, s3)  # checked before the work
         bundle.check_output(out, args.data)
         model = _load(args)
-        data = Location.parse(args.data, s3).pull(cache_dir(), folder=True)
-        with naming(data, args.data):
-            ev = model.evaluate(str(data), args.batch_size, args.skip_bad_images)
+        ev = model.evaluate(args.data, args.batch_size, args.skip_bad_images)
         result = {"bundle": str(args.bundle), "data": args.data, "images": ev.images, "skipped_images": ev.skipped,
                   **ev.metrics, "per_class": ev.per_class, "classes": list(ev.classes), "confusion": ev.confusion}
         with tempfile.TemporaryDirectory(prefix="job-evaluate-", dir=cache_dir()) as staged:

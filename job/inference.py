@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from job.errors import BadInput
 from job.files import missing
 from job.loop import evaluate as evaluate_batches, resolve_device
 from job.metrics import per_class
-from job.storage import Location
+from job.config import S3Config
+from job.storage import Location, is_s3, naming
 
 
 @dataclasses.dataclass
@@ -40,20 +42,42 @@ class Model:
     classes: tuple[str, ...]
     prep: data.Preprocessing
     manifest: dict
+    s3: S3Config | None = None  # for s3:// images and folders
 
     def predict(self, images: list[str | Path], top_k: int = 3, skip_bad: bool = False) -> list[dict]:
-        """[{file, predictions: [{label, probability}, ...]}] for image files (or folders of them), best first."""
-        return predict(self, [str(p) for p in images], top_k, skip_bad=skip_bad)
+        """[{file, predictions: [{label, probability}, ...]}] for image files (or folders of them, local or s3://),
+        best first; an s3:// one is downloaded into the cache (once) and named by its s3:// location."""
+        from job.files import cache_dir
+
+        given = [str(p) for p in images]
+        copies = {p: _copy(p, self.s3, cache_dir()) for p in given if is_s3(p)}
+        with contextlib.ExitStack() as names:
+            for p, copy in copies.items():
+                names.enter_context(naming(copy, p))
+            rows = predict(self, [str(copies.get(p, p)) for p in given], top_k, skip_bad=skip_bad)
+        for r in rows:
+            r["file"] = next((p.rstrip("/") + r["file"][len(str(c)):] for p, c in copies.items()
+                              if r["file"] == str(c) or r["file"].startswith(f"{c}/")), r["file"])
+        return rows
 
     def evaluate(self, folder: str | Path, batch_size: int = 64, skip_bad: bool = False,
                  cache: Path | None = None) -> Evaluation:
-        """Metrics, per-class table and confusion matrix on DIR/<class>/* (or DIR/val/<class>/*)."""
+        """Metrics, per-class table and confusion matrix on DIR/<class>/* (or DIR/val/<class>/*), local or s3://."""
         from job.files import cache_dir
 
-        return evaluate(self, str(folder), cache or cache_dir(), batch_size, skip_bad)
+        cache = cache or cache_dir()
+        local = Location.parse(str(folder), self.s3).pull(cache, folder=True) if is_s3(str(folder)) else folder
+        with naming(Path(local), str(folder)):
+            return evaluate(self, str(local), cache, batch_size, skip_bad)
 
 
-def load(where: Location, cache: Path, device: str = "auto") -> Model:
+def _copy(given: str, s3: S3Config | None, cache: Path) -> Path:
+    """The cache's copy of an s3:// image (downloaded) or prefix of images (mirrored)."""
+    where = Location.parse(given, s3)
+    return where.pull(cache) if where.exists() else where.pull(cache, folder=True)
+
+
+def load(where: Location, cache: Path, device: str = "auto", s3: S3Config | None = None) -> Model:
     """The model of a bundle (or of a run folder's best/), local or s3://, verified against its manifest."""
     from job import model as models
 
@@ -67,7 +91,7 @@ def load(where: Location, cache: Path, device: str = "auto") -> Model:
                        "classes: the bundle is damaged, export it again") from None
     prep = data.Preprocessing.from_dict(manifest["preprocessing"])  # checked with the manifest
     net.to(resolve_device(device)).to(memory_format=torch.channels_last).eval()  # as trained: the faster layout
-    return Model(net, tuple(manifest["classes"]), prep, manifest)
+    return Model(net, tuple(manifest["classes"]), prep, manifest, s3)
 
 
 def eval_root(path: str, b: Model, cache: Path) -> Path:

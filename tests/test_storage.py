@@ -123,6 +123,20 @@ def test_train_to_s3_and_evaluate_and_predict_from_s3(s3_server, images, tmp_pat
     assert evaluated["images"] == 36 and client.head_object(Bucket=bucket, Key="runs/tiny-evaluated/confusion.png")
     r = run_job("predict", f"{out}/best", next((images / "class_0").iterdir()), "--json", env=s3_server.env)
     assert r.returncode == 0 and json.loads(r.stdout)[0]["predictions"]
+    # images on S3 too, one object and a prefix, named by their s3:// locations; the same labels as the local files
+    for f in ("class_0/img_000.png", "class_1/img_000.png", "class_1/img_001.png"):
+        client.upload_file(str(images / f), bucket, f"photos/{f}")
+    r = run_job("predict", out, f"s3://{bucket}/photos/class_0/img_000.png", f"s3://{bucket}/photos/class_1/",
+                "--json", env=s3_server.env)
+    assert r.returncode == 0, r.stderr
+    remote = json.loads(r.stdout)
+    assert [x["file"] for x in remote] == [f"s3://{bucket}/photos/class_0/img_000.png",
+                                           f"s3://{bucket}/photos/class_1/img_000.png", f"s3://{bucket}/photos/class_1/img_001.png"]
+    local = json.loads(run_job("predict", out, images / "class_0" / "img_000.png", images / "class_1" / "img_000.png",
+                               images / "class_1" / "img_001.png", "--json", env=s3_server.env).stdout)
+    assert [x["predictions"] for x in remote] == [x["predictions"] for x in local]
+    assert_error(run_job("predict", out, f"s3://{bucket}/photos/none.png", env=s3_server.env), EXIT_BAD_INPUT,
+                 f"s3://{bucket}/photos/none.png holds no objects")
     r = run_job("train", "--data", images, *TINY, "--epochs", "1", "--output", out, env=s3_server.env)
     assert_error(r, EXIT_BAD_INPUT, out, "--overwrite")
 
