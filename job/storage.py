@@ -61,10 +61,17 @@ class S3Url:
 
     @classmethod
     def parse(cls, url: str) -> S3Url:
-        parsed = urlparse(url)
-        if parsed.scheme != "s3" or not parsed.netloc:
+        """Split by hand, not by urlparse: a key may hold '#' and '?' (urlparse would cut them off as a fragment or
+        a query and write elsewhere). '.' and '..' parts are refused: a key is not a path, and servers differ on them
+        (SeaweedFS refuses them, others keep them as names)."""
+        bucket, _, key = url[len(SCHEME):].partition("/") if url.startswith(SCHEME) else ("", "", "")
+        if not bucket:
             raise BadInput(f"'{url}' is not an S3 location: write s3://bucket/prefix")
-        return cls(parsed.netloc, parsed.path.strip("/"))
+        key = key.strip("/")
+        if any(part in (".", "..") for part in key.split("/")):
+            raise BadInput(f"'{url}' has a '.' or '..' part, which S3 keeps as a name, not a step up: write the "
+                           "prefix without it")
+        return cls(bucket, key)
 
     def join(self, *parts: str) -> S3Url:
         return S3Url(self.bucket, "/".join(p.strip("/") for p in (self.key, *parts) if p.strip("/")))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -398,6 +399,19 @@ def test_an_object_key_that_would_leave_the_cache_is_refused(s3_server, s3_env, 
     r = run_job("train", "--data", f"s3://{bucket}/data", *TINY, "--output", tmp_path / "out", env=s3_server.env)
     assert_error(r, EXIT_BAD_INPUT, "would leave")
     assert not list(tmp_path.parent.rglob("escaped.png"))
+
+
+@pytest.mark.parametrize("url, bucket, key", [("s3://b/runs/x/", "b", "runs/x"), ("s3://b", "b", ""),
+                                              ("s3://b/run#1/a?v=2", "b", "run#1/a?v=2"), ("s3://b/a//c", "b", "a//c")])
+def test_an_s3_location_keeps_every_character_of_its_key(url, bucket, key):
+    assert storage.S3Url.parse(url) == storage.S3Url(bucket, key)  # urlparse took '#1/a' for a fragment: s3://b/run
+
+
+@pytest.mark.parametrize("url, fragment", [("s3://b/../x", "'.' or '..' part"), ("s3://b/a/./x", "'.' or '..' part"),
+                                           ("s3:///x", "not an S3 location"), ("s3:/b/x", "not an S3 location")])
+def test_an_s3_location_that_is_not_one_is_refused(url, fragment):
+    with pytest.raises(BadInput, match=re.escape(fragment)):
+        storage.S3Url.parse(url)
 
 
 def test_names_from_a_listing_or_manifest_never_leave_the_target_folder(tmp_path):
