@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from job import builtin, bundle, data
+from job.config import S3Config
 from job.decode import BAD_IMAGE, load_image
 from job.errors import BadInput
 from job.files import missing
 from job.loop import evaluate as evaluate_batches, resolve_device
 from job.metrics import per_class
-from job.config import S3Config
 from job.storage import Location, is_s3, naming
 
 
