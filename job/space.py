@@ -173,6 +173,8 @@ def check(space: Mapping[str, Any], base: Mapping[str, Any], train_cls, coerce) 
         if kind == "int" and base_type is not int:
             raise BadInput(f"space: {name} takes {base_type.__name__} values, not an int range: use "
                            + ("uniform or loguniform" if base_type is float else "choice"))
+        if kind == "fixed" and isinstance(spec, str):
+            _not_a_botched_range(name, spec, base_type)
         values = tuple(_valid(name, coerce(name, v), base, train_cls) for v in raw)
         if kind == "choice" and len(set(map(repr, values))) != len(values):
             raise BadInput(f"space: {name} lists a choice twice ({', '.join(map(repr, values))}): list each value once")
@@ -189,6 +191,19 @@ def check(space: Mapping[str, Any], base: Mapping[str, Any], train_cls, coerce) 
         dims.append(Dimension(name, kind, values, bool(isinstance(spec, Mapping) and spec.get("log"))
                               or kind == "loguniform"))
     return dims
+
+
+def _not_a_botched_range(name: str, spec: str, base_type: type) -> None:
+    """A fixed value that reads as a range written another way (Ray Tune's `loguniform(1e-4, 1e-1)`, a misspelt
+    `logunifrom:...`) is refused with the form job reads, instead of "is not a float"; a text setting (a model's
+    name) may hold ':' or '(' unless the word before it is a kind, or nearly one."""
+    m = re.match(r"\s*([A-Za-z_]+)\s*[:(]", spec)
+    if not m or (base_type is str and not difflib.get_close_matches(m.group(1), KINDS, n=1, cutoff=0.8)):
+        return
+    kind, flag, listed = {float: ("loguniform", "1e-4,1e-1", "[1e-4, 1e-1]"), int: ("int", "1,5", "[1, 5]")}.get(
+        base_type, ("choice", "a,b", '["a", "b"]'))
+    raise BadInput(f"space: {name} = {spec!r} is not a range job reads: write {name}=KIND:MIN,MAX (KIND one of "
+                   f"{', '.join(KINDS)}), e.g. --space {name}={kind}:{flag}, or in a file {name} = {{ {kind} = {listed} }}")
 
 
 def _base_type(hint) -> type:

@@ -113,6 +113,13 @@ def test_the_space_round_trips_through_its_saved_form_and_print_config(tmp_path)
     ({"lr": "fast"}, ["lr = 'fast'", "not a float"]),
     ({"label_smoothing": "uniform:0,nan"}, ["not a finite number"]),
     ({"mean": "0.5"}, ["mean cannot be searched"]),
+    # a range written another way (Ray Tune's calls, a misspelt kind): the form job reads, not "is not a float"
+    ({"lr": "loguniform(1e-4, 1e-1)"}, ["lr = 'loguniform(1e-4, 1e-1)' is not a range job reads",
+                                        "--space lr=loguniform:1e-4,1e-1", "lr = { loguniform = [1e-4, 1e-1] }"]),
+    ({"lr": "logunifrom:1e-4,1e-1"}, ["'logunifrom:1e-4,1e-1' is not a range job reads"]),
+    ({"step_size": "randint(1, 5)"}, ["is not a range job reads", "--space step_size=int:1,5"]),
+    ({"optimizer": "choise:sgd,adamw"}, ["is not a range job reads", 'optimizer = { choice = ["a", "b"] }']),
+    ({"model": 'choice("tiny_cnn", "resnet18")'}, ["is not a range job reads"]),
 ])
 def test_bad_spaces_are_refused_by_name(space, fragments):
     with pytest.raises(BadInput) as e:
@@ -152,3 +159,8 @@ def test_the_cli_refuses_a_bad_space_with_one_line_and_exit_2(tmp_path):
     r = run_job("tune", "--metric", "accuracy", "--print-config")
     assert_error(r, EXIT_BAD_INPUT, "metric = 'accuracy' is not known", "val_f1_macro")
     assert config.describe(SearchConfig)[0][0] == "space"
+
+
+def test_a_text_setting_may_hold_a_colon_or_a_bracket():
+    got = dims(resolve(None, env={}, cls=SearchConfig, overrides={"space": {"weights": "s3://b/w(1).pth"}}))
+    assert got["weights"].kind == "fixed" and got["weights"].values == ("s3://b/w(1).pth",)
