@@ -1,7 +1,8 @@
 """The library API (`import job`): what the `job` command does, callable from a notebook or another program.
 
 Each function takes settings as dataclasses or plain dicts (validated the same way as a config file), reads no
-JOB_* environment variables, and leaves the caller's environment variables and signal handlers as it found them.
+settings from JOB_* environment variables (JOB_CACHE, the cache's place, as the command does), and leaves the
+caller's environment variables and signal handlers as it found them.
 Torch and Ray are imported when a function runs, not when `job` is imported.
 """
 
@@ -142,7 +143,7 @@ def export(path: str | Path, format: str = "onnx", output: str | Path | None = N
         model = inference.load(Location.parse(path, s3), cache, "cpu")
         root = inference.eval_root(data, model, cache) if data in inference.builtin.NAMES else \
             Location.parse(data, s3).pull(cache, folder=True)
-        with naming(root, data):
+        with naming({root: data}):
             images = exporting.check_images(model, inference.expand([str(root)]))
         with tempfile.TemporaryDirectory(prefix="job-export-", dir=cache) as staged:
             config = exporting.export(model, format, Path(staged), images, str(path))

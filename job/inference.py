@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from job.errors import BadInput
 from job.files import missing
 from job.loop import evaluate as evaluate_batches, resolve_device
 from job.metrics import per_class
-from job.storage import Location, is_s3, naming
+from job.storage import Location, is_s3, naming, shown
 
 
 @dataclasses.dataclass
@@ -50,15 +49,11 @@ class Model:
         from job.files import cache_dir
 
         given = [str(p) for p in images]
-        copies = {p: _copy(p, self.s3, cache_dir()) for p in given if is_s3(p)}
-        with contextlib.ExitStack() as names:
-            for p, copy in copies.items():
-                names.enter_context(naming(copy, p))
-            rows = predict(self, [str(copies.get(p, p)) for p in given], top_k, skip_bad=skip_bad)
-        for r in rows:
-            r["file"] = next((p.rstrip("/") + r["file"][len(str(c)):] for p, c in copies.items()
-                              if r["file"] == str(c) or r["file"].startswith(f"{c}/")), r["file"])
-        return rows
+        local = [_copy(p, self.s3, cache_dir()) if is_s3(p) else p for p in given]
+        copies = {Path(c): p for c, p in zip(local, given)}  # `shown` renames the s3:// ones
+        with naming(copies):
+            rows = predict(self, [str(c) for c in local], top_k, skip_bad=skip_bad)
+        return [r | {"file": shown(r["file"], copies)} for r in rows]
 
     def evaluate(self, folder: str | Path, batch_size: int = 64, skip_bad: bool = False,
                  cache: Path | None = None) -> Evaluation:
@@ -67,7 +62,7 @@ class Model:
 
         cache = cache or cache_dir()
         local = Location.parse(str(folder), self.s3).pull(cache, folder=True) if is_s3(str(folder)) else folder
-        with naming(Path(local), str(folder)):
+        with naming({Path(local): str(folder)}):
             return evaluate(self, str(local), cache, batch_size, skip_bad)
 
 

@@ -85,7 +85,7 @@ class RunData:
 def prepare_data(cfg: TrainConfig, cache: Path, s3: S3Config | None = None) -> RunData:
     """The data of a run, scanned, checked and decoded once into `cache`; all bad data is found here."""
     root = data_root(cfg, cache, s3)
-    with naming(root, cfg.data):
+    with naming({root: cfg.data}):
         folder = data.scan(root, cfg.val_fraction, cfg.seed)
         prep = preprocessing(cfg)
         train, val = (data.prepare(s, folder.root, prep, cache, cfg.workers) for s in (folder.train, folder.val))

@@ -38,15 +38,23 @@ ONE_REQUEST = 32 << 20  # bytes: an object up to this size moves in one request,
 PART = 16 << 20  # bytes: the size of those parts
 
 
+def shown(text: str, copies: dict[Path, str]) -> str:
+    """`text` (a file's name, an error) with each local copy named by the location it was given as: the user gave
+    s3://..., not the cache's path. Copies of a local location name themselves."""
+    for local, given in copies.items():
+        if is_s3(given):
+            text = text.replace(str(local), given.rstrip("/"))
+    return text
+
+
 @contextlib.contextmanager
-def naming(local: Path, given: str) -> Iterator[None]:
-    """An error about `local`, the cache's copy of the s3:// location `given`, names `given` instead: the user gave
-    that, not the cache's path."""
+def naming(copies: dict[Path, str]) -> Iterator[None]:
+    """Errors raised in the block name the locations the `copies` were given as (`shown`)."""
     try:
         yield
     except JobError as e:
-        if is_s3(given) and e.args and isinstance(e.args[0], str):
-            e.args = (e.args[0].replace(str(local), given.rstrip("/")),)
+        if e.args and isinstance(e.args[0], str):
+            e.args = (shown(e.args[0], copies),)
         raise
 
 
