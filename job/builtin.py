@@ -6,6 +6,7 @@ class in file order (train from the training file, val from the test file), so i
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -68,6 +69,14 @@ def materialise(name: str, cache: Path, train_per_class: int, val_per_class: int
         sizes = {f.relative_to(tmp).as_posix(): f.stat().st_size for f in sorted(tmp.rglob("*.png"))}
         (tmp / SIZES).write_text(json.dumps(sizes))
         _replace(tmp, root)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # PIL's and json's writes fail without a file name: name the folder, and the setting that moves it
+        images = 10 * (train_per_class + val_per_class)
+        raise JobError(f"no space left in {root.parent} to write the built-in data set {name} ({images} small PNG "
+                       "files, about 4 kB each on disk): free space there, or set JOB_CACHE to a folder on a larger "
+                       "disk") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root

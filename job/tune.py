@@ -293,8 +293,10 @@ def remove_stale_ray_folders(tmp: Path) -> list[Path]:
 @contextlib.contextmanager
 def _environment():
     """RAY_ENVIRONMENT (unless the user set a value) for the block, and Ray Tune's own error logs off: a failed trial
-    is one progress line and a row of trials.csv with its reason, not Ray's 40-line traceback. The caller's
-    environment and log levels as they were afterwards."""
+    is one progress line and a row of trials.csv with its reason, not Ray's 40-line traceback. Python's stdout goes
+    to stderr for the block: Ray's driver prints the raylet's messages (a worker killed, a node lost) to stdout,
+    which holds job's results (`job tune --json | jq`) and was broken by them. The caller's environment, log levels
+    and stdout as they were afterwards."""
     saved = dict(os.environ)
     loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")]
     levels = [logger.level for logger in loggers]
@@ -311,7 +313,8 @@ def _environment():
             os.environ.setdefault(key, value)
         for logger in loggers:
             logger.setLevel(logging.CRITICAL)
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)

@@ -240,21 +240,24 @@ def test_changed_settings_do_not_silently_resume(searched, data):
 
 
 
-def test_a_killed_trial_worker_is_retried_from_its_checkpoint(data, tmp_path):
+def test_a_killed_trial_worker_is_retried_from_its_checkpoint_and_stdout_stays_json(data, tmp_path):
     """SIGKILL to the Ray worker running a trial (out of memory, a crash): the trial continues from its last
-    checkpoint and the search ends with every trial complete."""
+    checkpoint and the search ends with every trial complete; Ray's message about the dead worker does not reach
+    stdout, which holds the JSON result."""
     out = tmp_path / "out"
     proc = start_job(["tune", "--data", str(data), *RESNET, "--epochs", "3", "--num-samples", "2", "--set",
-                      "early_stopping=none", "--storage", str(tmp_path / "ray"), "--output", str(out)],
-                     stdout=subprocess.DEVNULL)
-    for line in proc.stderr:
-        if " epoch 1/3 " in line:  # a trial has a checkpoint
-            break
+                      "early_stopping=none", "--storage", str(tmp_path / "ray"), "--output", str(out), "--json"],
+                     stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "ray").glob("*/*/checkpoint_*")):  # a trial has a checkpoint (--json: no progress)
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
     workers = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "ray::ImplicitFunc"], capture_output=True, text=True)
     assert workers.stdout.split(), "no Ray worker running a trial was found"
     os.kill(int(workers.stdout.split()[0]), signal.SIGKILL)
-    err = proc.stderr.read()
-    assert proc.wait(timeout=600) == 0, err[-3000:]
+    result, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "A worker died" in err and len(json.loads(result)["trials"]) == 2, result[:3000]
     trials = json.loads((out / "trials.json").read_text())
     assert len(trials) == 2 and all(t["status"] == "completed" and t["epochs"] == 3 for t in trials), trials
     assert "Traceback" not in err
