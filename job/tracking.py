@@ -6,10 +6,12 @@ the settings as params, each epoch's metrics (same names, without the prefix), t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -95,7 +97,9 @@ class MLflow:
         self._call("set a tag", self.client.set_tag, self.run_id, key, value)
 
     def close(self, failed: bool = False) -> None:
-        self._call("end the run", self.client.set_terminated, self.run_id, "FAILED" if failed else "FINISHED")
+        # MLflow prints the run's address on a tracking server to stdout, which holds job's results (--json): stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            self._call("end the run", self.client.set_terminated, self.run_id, "FAILED" if failed else "FINISHED")
 
 
 class SearchRuns:

@@ -3,12 +3,14 @@ shows a `job train` run and every trial of a `job tune` search on the same tags,
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +99,60 @@ def test_mlflow_holds_a_train_run_and_a_search_with_a_child_run_per_trial(images
         assert float(child.data.params["lr"]) == pytest.approx(trial["lr"])
     assert search.data.tags["best_trial"] == result["best"]["trial_id"] and search.info.status == "FINISHED"
     assert "bundle/bundle.json" in [a.path for a in client.list_artifacts(search.info.run_id, "bundle")]
+
+
+SERVER_VENV = Path(__file__).resolve().parent.parent / ".venv-mlflow-server"  # made by .ci/run
+
+
+def mlflow_server(folder: Path):
+    """A real MLflow tracking server (the full `mlflow` package, in a venv of its own beside job's mlflow-skinny),
+    storing runs in SQLite and serving artifacts itself, as a team's server does."""
+    mlflow = Path(os.environ.get("JOB_TEST_MLFLOW_SERVER", SERVER_VENV / "bin" / "mlflow"))
+    if not mlflow.is_file():
+        pytest.fail(f"no MLflow server at {mlflow}: `python3 -m venv .venv-mlflow-server && "
+                    ".venv-mlflow-server/bin/pip install mlflow==3.17.2` (as .ci/run does)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                               "--artifacts-destination", str(folder / "artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"), start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=5)
+            return server, uri
+        except OSError:
+            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
+            time.sleep(0.2)
+    server.kill()
+    pytest.fail(f"the MLflow server did not answer within a minute: {(folder / 'server.log').read_text()[-3000:]}")
+
+
+def test_a_tracking_server_holds_the_runs_and_its_addresses_never_reach_the_json_on_stdout(images, tmp_path):
+    """tracking_uri = http://...: MLflow prints each finished run's address on the server to stdout, which holds
+    `--json`'s result; job sends those lines to stderr."""
+    from mlflow.tracking import MlflowClient
+
+    server, uri = mlflow_server(tmp_path)
+    try:
+        common = ["--data", images, *TINY, "--epochs", "1", "--set", "tracking=mlflow", "--set", f"tracking_uri={uri}"]
+        train = run_job("train", *common, "--output", tmp_path / "train", "--json")
+        assert train.returncode == 0, train.stderr[-3000:]
+        tune = run_job("tune", *common, "--num-samples", "2", "--storage", tmp_path / "ray", "--output",
+                       tmp_path / "tune", "--json")
+        assert tune.returncode == 0, tune.stderr[-3000:]
+        trained, searched = json.loads(train.stdout), json.loads(tune.stdout)  # nothing but the JSON
+        assert f"View run {tmp_path / 'train'} at: {uri}/" in train.stderr
+        assert tune.stderr.count("View run") == 3  # the search and its two trials
+        client = MlflowClient(uri)
+        found = client.search_runs([client.get_experiment_by_name("job").experiment_id])
+        assert sorted(run.info.status for run in found) == ["FINISHED"] * 4
+        run = next(run for run in found if run.info.run_name == str(tmp_path / "train"))
+        assert run.data.metrics["val_acc"] == pytest.approx(trained["best"]["val_acc"])  # one epoch: the last is the best
+        assert "bundle/bundle.json" in [a.path for a in client.list_artifacts(run.info.run_id, "bundle")]
+        assert {r.info.run_name for r in found} >= {t["trial_id"] for t in searched["trials"]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
