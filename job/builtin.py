@@ -73,7 +73,7 @@ def materialise(name: str, cache: Path, train_per_class: int, val_per_class: int
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # PIL's and json's writes fail without a file name: name the folder, and the setting that moves it
-        images = 10 * (train_per_class + val_per_class)
+        images = len(FASHION_MNIST_CLASSES) * (train_per_class + val_per_class)
         raise JobError(f"no space left in {root.parent} to write the built-in data set {name} ({images} small PNG "
                        "files, about 4 kB each on disk): free space there, or set JOB_CACHE to a folder on a larger "
                        "disk") from None
