@@ -19,10 +19,14 @@ from tests.conftest import TINY, run_job
 pytestmark = pytest.mark.slow  # a real search and a real TensorBoard server
 
 
-def tensorboard(logdir):
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def tensorboard(logdir):
+    port = free_port()
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir", str(logdir),
                                "--port", str(port), "--host", "127.0.0.1"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -111,15 +115,15 @@ def mlflow_server(folder: Path):
     if not mlflow.is_file():
         pytest.fail(f"no MLflow server at {mlflow}: `python3 -m venv .venv-mlflow-server && "
                     ".venv-mlflow-server/bin/pip install mlflow==3.17.2` (as .ci/run does)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                               "--artifacts-destination", str(folder / "artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"), start_new_session=True)
+    port = free_port()
+    with open(folder / "server.log", "w") as log:  # the server holds its own copy of the descriptor
+        server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers",
+                                   "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                                   "--artifacts-destination", str(folder / "artifacts")],
+                                  stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"{uri}/health", timeout=5)
             return server, uri
